@@ -1,0 +1,63 @@
+import pytest
+
+from kvmlite.errors import GuestMemoryError
+from kvmlite.memory import FOUR_GIB, GIB, PCI_HOLE_START, GuestMemory, layout_x86
+
+
+def test_layout_small_and_large():
+    assert layout_x86(64 << 20) == [(0, 64 << 20)]
+    assert layout_x86(4 * GIB) == [(0, PCI_HOLE_START), (FOUR_GIB, GIB)]
+
+
+def test_create_read_write_and_bounds():
+    mem = GuestMemory.create(1 << 20)
+    try:
+        mem.write(0x1000, b"hello")
+        assert mem.read(0x1000, 5) == b"hello"
+        mem.write_int(0x2000, 4, 0x12345678)
+        assert mem.read(0x2000, 4) == bytes.fromhex("78563412")
+        assert mem.read_int(0x2000, 2) == 0x5678
+        v = mem.view(0x3000, 4)
+        v[:] = b"abcd"
+        assert mem.read(0x3000, 4) == b"abcd"
+        for gpa, n in [(1 << 20, 1), ((1 << 20) - 2, 4), (-1, 2), (0, (1 << 20) + 1)]:
+            with pytest.raises(GuestMemoryError):
+                mem.read(gpa, n)
+        assert mem.regions[0].fd is not None
+    finally:
+        mem.close()
+
+
+def test_memfd_is_shared_between_mappings():
+    import mmap
+
+    mem = GuestMemory.create(1 << 20)
+    try:
+        r = mem.regions[0]
+        other = mmap.mmap(r.fd, 4096, mmap.MAP_SHARED)
+        mem.write(0, b"shared")
+        assert other[:6] == b"shared"
+        other.close()
+    finally:
+        mem.close()
+
+
+def test_large_guest_splits_around_pci_hole():
+    mem = GuestMemory.create(PCI_HOLE_START + (1 << 20))
+    try:
+        assert [(r.gpa, r.size) for r in mem.regions] == [(0, PCI_HOLE_START), (FOUR_GIB, 1 << 20)]
+        mem.write(FOUR_GIB, b"hi")
+        assert mem.read(FOUR_GIB, 2) == b"hi"
+        with pytest.raises(GuestMemoryError):
+            mem.read(PCI_HOLE_START, 1)
+        with pytest.raises(GuestMemoryError):  # straddles the end of low RAM
+            mem.read(PCI_HOLE_START - 1, 2)
+    finally:
+        mem.close()
+
+
+def test_from_buffer():
+    mem = GuestMemory.from_buffer(bytearray(16), gpa=0x100)
+    mem.write(0x10F, b"x")
+    with pytest.raises(GuestMemoryError):
+        mem.write(0x110, b"x")
