@@ -1,0 +1,49 @@
+# kvmlite: `make run` boots the default guest, `make test` runs the whole suite.
+# Both install what they need first (Debian packages, a venv, the default guest).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian 12 packages: the default guest's kernel source and build tools, busybox for
+# its initramfs, and the independent judges the tests use (QEMU, qemu-img, iasl, cpio).
+APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
+	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs
+
+.PHONY: run test bench lint deps apt venv guest clean
+
+run: deps guest
+	$(VENV)/bin/kvmlite run
+
+test: deps guest
+	$(VENV)/bin/pytest -ra
+
+bench: deps guest
+	$(PY) -m benchmarks.run
+
+lint: venv
+	$(VENV)/bin/ruff check kvmlite tests benchmarks
+	$(VENV)/bin/ruff format --check kvmlite tests benchmarks
+
+deps: apt venv
+
+apt:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Builds (once, cached under ~/.cache/kvmlite) the default guest kernel and initramfs.
+guest: venv
+	$(PY) -m kvmlite.guestimage
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,117 @@
+"""The per-vCPU thread: KVM_RUN, then hand each exit to the right place.
+
+This is the hot path of the VMM (DESIGN.md, "Where the data goes"): a port
+or MMIO access trapped by KVM becomes one ``Bus`` dispatch and one device
+register handler. Everything else (halt, shutdown, crashes) is rare.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kvmlite.kvm import exits as kx
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.machine import Machine
+
+log = logging.getLogger(__name__)
+
+# KVM_SYSTEM_EVENT_* (linux/kvm.h)
+SYSTEM_EVENT_SHUTDOWN = 1
+SYSTEM_EVENT_RESET = 2
+SYSTEM_EVENT_CRASH = 3
+
+_unclaimed: set[tuple[str, int]] = set()
+
+
+def _unclaimed_access(kind: str, addr: int) -> None:
+    # Guests probe for hardware that is not there (e.g. legacy ports); log
+    # each address once so a probing guest cannot flood the log.
+    if (kind, addr) not in _unclaimed and len(_unclaimed) < 1024:
+        _unclaimed.add((kind, addr))
+        log.debug("unclaimed %s access at %#x", kind, addr)
+
+
+def run_vcpu(machine: Machine, vcpu: Any) -> None:
+    """Thread body: run one vCPU until the machine stops."""
+    from kvmlite.vmm.machine import ExitReason
+
+    try:
+        _loop(machine, vcpu)
+    except Exception as e:  # a VMM bug: end the machine with a clear report
+        log.exception("vCPU %d failed", vcpu.index)
+        machine.request_exit(ExitReason.ERROR, message=f"vCPU {vcpu.index}: {e}")
+
+
+def _loop(machine: Machine, vcpu: Any) -> None:
+    from kvmlite.vmm.machine import ExitReason
+
+    pio_read = machine.pio_bus.dispatch_read
+    pio_write = machine.pio_bus.dispatch_write
+    mmio_read = machine.mmio_bus.dispatch_read
+    mmio_write = machine.mmio_bus.dispatch_write
+    IoExit, MmioExit, IntrExit = kx.IoExit, kx.MmioExit, kx.IntrExit  # noqa: N806
+    run = vcpu.run
+    while not machine.stopping:
+        ex = run()
+        t = type(ex)
+        if t is IoExit:
+            size, port, data = ex.size, ex.port, ex.data
+            if ex.is_write:
+                for i in range(0, ex.count * size, size):
+                    if not pio_write(port, bytes(data[i : i + size])):
+                        _unclaimed_access("pio", port)
+            else:
+                for i in range(0, ex.count * size, size):
+                    value = pio_read(port, size)
+                    if value is None:
+                        _unclaimed_access("pio", port)
+                        value = b"\xff" * size
+                    data[i : i + size] = value
+        elif t is MmioExit:
+            if ex.is_write:
+                if not mmio_write(ex.address, bytes(ex.data[: ex.length])):
+                    _unclaimed_access("mmio", ex.address)
+            else:
+                value = mmio_read(ex.address, ex.length)
+                if value is None:
+                    _unclaimed_access("mmio", ex.address)
+                    value = b"\xff" * ex.length
+                ex.data[: ex.length] = value
+        elif t is IntrExit:
+            machine.park_if_paused(vcpu)
+        else:
+            reason, code, message = _classify(machine, vcpu, ex)
+            if reason is not None:
+                machine.request_exit(getattr(ExitReason, reason), code, message)
+                return
+
+
+def _classify(machine: Machine, vcpu: Any, ex: Any) -> tuple[str | None, int, str]:
+    """Map a rare exit to (ExitReason name, code, message); None keeps running."""
+    from kvmlite.kvm.report import crash_report
+
+    if isinstance(ex, kx.HltExit):
+        # Only reached without an in-kernel LAPIC; kvmlite always has one, so a
+        # halt here means the vCPU can never wake: treat it as the guest ending.
+        return "POWEROFF", 0, f"vCPU {vcpu.index} halted"
+    if isinstance(ex, kx.SystemEventExit):
+        if ex.type == SYSTEM_EVENT_SHUTDOWN:
+            return "POWEROFF", 0, "guest powered off"
+        if ex.type == SYSTEM_EVENT_RESET:
+            return "REBOOT", 0, "guest reset"
+        return "CRASH", 0, f"guest crashed (system event {ex.type})"
+    if isinstance(ex, kx.ShutdownExit):
+        # A triple fault. Linux's reboot=t path ends this way on purpose, but
+        # any other triple fault is a crash; with reboot=k (kvmlite's default
+        # command line) Linux resets through the i8042 instead.
+        report = crash_report(vcpu, ex, machine.memory)
+        return "REBOOT", 0, f"vCPU {vcpu.index}: triple fault (shutdown)\n{report}"
+    if isinstance(ex, kx.InternalErrorExit | kx.FailEntryExit):
+        report = crash_report(vcpu, ex, machine.memory)
+        return "CRASH", 0, f"vCPU {vcpu.index} stopped:\n{report}"
+    if isinstance(ex, kx.DebugExit):
+        return None, 0, ""
+    report = crash_report(vcpu, ex, machine.memory)
+    return "ERROR", 0, f"vCPU {vcpu.index}: unexpected exit\n{report}"
