@@ -124,8 +124,9 @@ class Machine:
             signal.signal(KICK_SIGNAL, lambda *_: None)
         self.loop.start()
         for vcpu in self.vcpus:
-            t = threading.Thread(target=run_vcpu, args=(self, vcpu), name=f"vcpu{vcpu.index}",
-                                 daemon=True)
+            t = threading.Thread(
+                target=run_vcpu, args=(self, vcpu), name=f"vcpu{vcpu.index}", daemon=True
+            )
             self._threads.append(t)
         for t in self._threads:
             t.start()

@@ -1,0 +1,129 @@
+"""The ``kvmlite`` command line: ``kvmlite run|img ...``.
+
+``kvmlite run`` exit statuses: 0 the guest powered off (or the user quit
+from the console), 1 kvmlite failed (bad input, KVM error), 2 usage error,
+3 the guest rebooted, 4 the guest crashed; a test guest that writes a value
+to the debug-exit port ends kvmlite with that value as its status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kvmlite.errors import KvmliteError
+from kvmlite.vmm.config import DiskConfig, VmConfig, parse_size
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="boot a Linux kernel (bzImage or vmlinux)",
+        description="Boot a kernel on /dev/kvm. With no -k, boot kvmlite's default guest "
+        "(built once from Debian's linux-source and busybox-static).",
+    )
+    p.add_argument("-k", "--kernel", type=Path, help="bzImage or ELF vmlinux with a PVH entry")
+    p.add_argument("-i", "--initrd", type=Path, help="initramfs / initrd image")
+    p.add_argument("-a", "--append", default="", metavar="CMDLINE", help="kernel command line")
+    p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 512M or 2G")
+    p.add_argument("-c", "--cpus", type=int, default=1, help="number of vCPUs")
+    p.add_argument(
+        "--cpu-features", default="", metavar="LIST", help="CPUID overrides, e.g. -avx512f,+x2apic"
+    )
+    p.add_argument(
+        "--console",
+        default="stdio",
+        metavar="SPEC",
+        help="serial console: stdio, file:PATH, unix:PATH, pty, null",
+    )
+    p.add_argument(
+        "--serial-ports",
+        type=int,
+        default=1,
+        metavar="N",
+        help="number of 16550A UARTs (COM1..COM4)",
+    )
+    p.add_argument(
+        "-d",
+        "--disk",
+        action="append",
+        default=[],
+        metavar="PATH[,ro][,...]",
+        help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2]",
+    )
+    p.add_argument("--no-acpi", action="store_true", help="no ACPI tables (MP table only)")
+    p.add_argument(
+        "--host-quirks",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="work-arounds for emulated-KVM hosts (default: only where detected)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.set_defaults(func=cmd_run)
+
+
+def config_from_args(args: argparse.Namespace) -> VmConfig:
+    return VmConfig(
+        kernel=args.kernel,
+        initrd=args.initrd,
+        cmdline=args.append,
+        memory=parse_size(args.memory),
+        cpus=args.cpus,
+        cpu_features=args.cpu_features,
+        console=args.console,
+        serial_ports=args.serial_ports,
+        acpi=not args.no_acpi,
+        host_quirks=args.host_quirks,
+        disks=[DiskConfig.parse(d) for d in args.disk],
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kvmlite.vmm.builder import build_vm
+
+    config = config_from_args(args)
+    machine = build_vm(config)
+    try:
+        result = machine.run()
+    finally:
+        machine.close()
+    if result.message and (result.status != 0 or args.verbose):
+        print(f"kvmlite: {result.reason.value}: {result.message}", file=sys.stderr)
+    return result.status
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvmlite", description="A small VMM for Linux/KVM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    try:
+        from kvmlite import imgtool
+    except ImportError:  # pragma: no cover - the img tool lands separately
+        pass
+    else:
+        imgtool.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if getattr(args, "verbose", 0) > 1
+        else logging.INFO
+        if getattr(args, "verbose", 0)
+        else logging.WARNING,
+        format="kvmlite: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except KvmliteError as e:
+        print(f"kvmlite: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

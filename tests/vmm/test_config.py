@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from kvmlite.errors import ConfigError
+from kvmlite.vmm.config import DEFAULT_CMDLINE, MAX_VCPUS, DiskConfig, VmConfig, parse_size
+from kvmlite.vmm.hostquirks import resolve
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("64", 64 << 20),
+        ("64M", 64 << 20),
+        ("1G", 1 << 30),
+        ("512k", 512 << 10),
+        ("2GiB", 2 << 30),
+        ("1T", 1 << 40),
+    ],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "1.5G", "12Q", "G"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ConfigError, match="bad size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "mem,msg",
+    [(8 << 20, "too small"), (2 << 40, "too large"), ((64 << 20) + 4096, "multiple of 2 MiB")],
+)
+def test_memory_out_of_range(mem, msg):
+    with pytest.raises(ConfigError, match=msg):
+        VmConfig(memory=mem).validate()
+
+
+@pytest.mark.parametrize("cpus", [0, -1, MAX_VCPUS + 1])
+def test_cpus_out_of_range(cpus):
+    with pytest.raises(ConfigError, match="vCPUs is out of range"):
+        VmConfig(cpus=cpus).validate()
+
+
+def test_kernel_checks(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        VmConfig(kernel=tmp_path / "nope").validate()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        VmConfig(kernel=tmp_path).validate()
+
+
+def test_initrd_too_large(tmp_path: Path):
+    k = tmp_path / "k"
+    k.write_bytes(b"x")
+    big = tmp_path / "initrd"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+    with pytest.raises(ConfigError, match="does not fit"):
+        VmConfig(kernel=k, initrd=big, memory=64 << 20).validate()
+
+
+def test_disk_spec():
+    d = DiskConfig.parse("/x.img,ro,direct,serial=abc,format=qcow2")
+    assert (d.path, d.read_only, d.direct, d.serial, d.format) == (
+        Path("/x.img"),
+        True,
+        True,
+        "abc",
+        "qcow2",
+    )
+    for bad in ["", "/x,rw", "/x,serial=" + "a" * 21, "/x,format=vmdk"]:
+        with pytest.raises(ConfigError):
+            DiskConfig.parse(bad)
+
+
+def test_cmdline_defaults():
+    assert VmConfig().full_cmdline() == DEFAULT_CMDLINE
+    assert VmConfig(cmdline="console=hvc0 quiet").full_cmdline("q=1") == "console=hvc0 quiet q=1"
+    assert VmConfig(cmdline="quiet").full_cmdline() == DEFAULT_CMDLINE + " quiet"
+
+
+def test_host_quirks_switch(tmp_path: Path):
+    assert not resolve("auto", tmp_path / "absent").enabled
+    assert not resolve("off", tmp_path).enabled
+    on = resolve("auto", tmp_path)  # tmp_path exists: looks like a PVM host
+    assert on.enabled and "noxsave" in on.cmdline and on.advertise_xsaveerptr
+    assert resolve("on", tmp_path / "absent").enabled
