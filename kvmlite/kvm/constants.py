@@ -1,0 +1,79 @@
+"""Numbers from ``<linux/kvm.h>`` that are not structs or ioctls: exit reasons,
+internal-error suberrors, capabilities (Documentation/virt/kvm/api.rst sections 5 and 8).
+"""
+
+from __future__ import annotations
+
+KVM_API_VERSION = 12
+
+KVM_EXIT_UNKNOWN = 0
+KVM_EXIT_EXCEPTION = 1
+KVM_EXIT_IO = 2
+KVM_EXIT_HYPERCALL = 3
+KVM_EXIT_DEBUG = 4
+KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
+KVM_EXIT_IRQ_WINDOW_OPEN = 7
+KVM_EXIT_SHUTDOWN = 8
+KVM_EXIT_FAIL_ENTRY = 9
+KVM_EXIT_INTR = 10
+KVM_EXIT_SET_TPR = 11
+KVM_EXIT_TPR_ACCESS = 12
+KVM_EXIT_NMI = 16
+KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_WATCHDOG = 21
+KVM_EXIT_SYSTEM_EVENT = 24
+KVM_EXIT_IOAPIC_EOI = 26
+KVM_EXIT_HYPERV = 27
+KVM_EXIT_X86_RDMSR = 29
+KVM_EXIT_X86_WRMSR = 30
+KVM_EXIT_DIRTY_RING_FULL = 31
+KVM_EXIT_AP_RESET_HOLD = 32
+KVM_EXIT_X86_BUS_LOCK = 33
+KVM_EXIT_XEN = 34
+KVM_EXIT_NOTIFY = 37
+
+KVM_INTERNAL_ERROR_EMULATION = 1
+KVM_INTERNAL_ERROR_SIMUL_EX = 2
+KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1 << 0
+
+KVM_CAP_IRQCHIP = 0
+KVM_CAP_HLT = 1
+KVM_CAP_USER_MEMORY = 3
+KVM_CAP_SET_TSS_ADDR = 4
+KVM_CAP_EXT_CPUID = 7
+KVM_CAP_NR_VCPUS = 9
+KVM_CAP_NR_MEMSLOTS = 10
+KVM_CAP_MP_STATE = 14
+KVM_CAP_IRQ_ROUTING = 25
+KVM_CAP_IRQ_INJECT_STATUS = 26
+KVM_CAP_IRQFD = 32
+KVM_CAP_PIT2 = 33
+KVM_CAP_IOEVENTFD = 36
+KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_INTERNAL_ERROR_DATA = 40
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_SIGNAL_MSI = 77
+KVM_CAP_MAX_VCPU_ID = 128
+KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_XSAVE2 = 208
+
+
+def _names(prefix: str, skip: str = "") -> dict[int, str]:
+    out: dict[int, str] = {}
+    for name, value in globals().items():
+        if name.startswith(prefix) and isinstance(value, int) and not (skip and skip in name):
+            out.setdefault(value, name)
+    return out
+
+
+#: exit reason number -> "KVM_EXIT_..." (for reports and logs)
+EXIT_REASON_NAMES: dict[int, str] = _names("KVM_EXIT_")
+#: internal-error suberror -> "KVM_INTERNAL_ERROR_..."
+INTERNAL_ERROR_NAMES: dict[int, str] = _names("KVM_INTERNAL_ERROR_", skip="_FLAG_")
