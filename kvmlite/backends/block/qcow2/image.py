@@ -57,8 +57,15 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         snapshot: str | None = None,
         open_backing: bool = True,
         l2_cache_size: int = DEFAULT_L2_CACHE,
+        repairing: bool = False,
         _chain: tuple[str, ...] = (),
     ) -> None:
+        """Open ``path``; ``snapshot`` (id or name) opens that snapshot read-only.
+
+        ``repairing`` opens a damaged image read-write for ``img check -r`` (no
+        refusal of the corrupt bit, no automatic refcount rebuild).
+        """
+        self._repairing = repairing
         self.filename = path
         self.read_only = read_only or snapshot is not None
         self.backing: BlockBackend | None = None
@@ -91,7 +98,11 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         self.l2_entries = self.cs // 8
         self.codec = EntryCodec(h.cluster_bits)
         self.lazy = h.version >= 3 and bool(h.compatible_features & hdr.COMPAT_LAZY_REFCOUNTS)
-        if not self.read_only and h.incompatible_features & hdr.INCOMPAT_CORRUPT:
+        if (
+            not self.read_only
+            and not self._repairing
+            and h.incompatible_features & hdr.INCOMPAT_CORRUPT
+        ):
             raise ImageError(
                 f"{self.filename}: image is marked corrupt; open it read-only or repair it "
                 "with 'kvmlite img check -r all'"
@@ -124,7 +135,7 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         self._cbytes_off = 0
         if open_backing and h.backing_file:
             self.backing = self._open_backing(chain)
-        if not self.read_only:
+        if not self.read_only and not self._repairing:
             self._prepare_for_writing()
 
     def _open_backing(self, chain: tuple[str, ...]) -> BlockBackend:
@@ -168,6 +179,22 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         raise ImageError(f"{self.filename}: no snapshot with id or name {ident!r}")
 
     # -- header ---------------------------------------------------------------
+
+    def set_backing(self, name: str | None, fmt: str | None) -> None:
+        """Point the image at another backing file (``rebase``); data is not touched."""
+        self._check_writable()
+        with self._lock:
+            self.header.backing_file = name or None
+            self.header.set_backing_format(fmt if name else None)
+            self._write_header()
+            self.f.sync()
+
+    def clear_flags(self, flags: int) -> None:
+        """Clear incompatible feature bits (dirty/corrupt) after a repair."""
+        self._check_writable()
+        self.header.incompatible_features &= ~flags
+        self._write_header()
+        self.f.sync()
 
     def _write_header(self) -> None:
         self.f.pwrite(0, self.header.pack())
