@@ -12,6 +12,7 @@ Cache layout under ``<cache>/kernel/`` (``<cache>`` is cache.default_cache_dir()
   (``.kvmlite-source-id`` names the tarball it came from); the patches
   currently applied are copied into ``.kvmlite-patches/`` so that a new
   patch set is applied by reversing the old one, not by re-extracting;
+- ``config-scratch/``    where tinyconfig + fragment + olddefconfig run;
 - ``build/``             the out-of-tree (``O=``) build directory, reused
   so that a patch or config change is an incremental rebuild;
 - ``<key>/``             finished results: ``vmlinux``, ``bzImage``,
@@ -170,28 +171,27 @@ class _Builder:
 
     def configure(self, fragment: str) -> str:
         """Produce build/.config, touching it only if it changes (a rewritten
-        .config with the same content would still cost a syncconfig)."""
-        self.build.mkdir(parents=True, exist_ok=True)
-        cfg_name = ".config.kvmlite-new"
-        cfg = self.build / cfg_name
-        env_arg = f"KCONFIG_CONFIG={cfg_name}"
+        .config, even with the same content, costs a syncconfig and more).
+        The config is made in a scratch O= directory for that reason."""
+        scratch = self.root / "config-scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
         self.say("configuring (tinyconfig + minimal.config, olddefconfig)")
-        self.make("configuration (tinyconfig)", env_arg, "tinyconfig")
-        with open(cfg, "a") as f:
+        self.run("configuration (tinyconfig)", ["make", f"O={scratch}", "tinyconfig"], self.src)
+        with open(scratch / ".config", "a") as f:
             f.write("\n" + fragment)
-        self.make("configuration (olddefconfig)", env_arg, "olddefconfig")
-        text = cfg.read_text()
+        self.run("configuration (olddefconfig)", ["make", f"O={scratch}", "olddefconfig"],
+                 self.src)  # fmt: skip
+        text = (scratch / ".config").read_text()
         if missing := missing_options(fragment, text):
             raise ImageError(
                 "the kernel config lost options of minimal.config (their Kconfig "
                 "dependencies are unmet; add the dependencies to the fragment):\n  "
                 + "\n  ".join(missing)
             )
+        self.build.mkdir(parents=True, exist_ok=True)
         final = self.build / ".config"
         if not final.is_file() or final.read_text() != text:
-            cfg.replace(final)
-        else:
-            cfg.unlink()
+            final.write_text(text)
         return text
 
 
