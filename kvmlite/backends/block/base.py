@@ -63,7 +63,7 @@ class BlockBackend(abc.ABC):
 
     @abc.abstractmethod
     def discard(self, offset: int, length: int) -> None:
-        """Tell the backend the range is unused; it reads as zeros afterwards."""
+        """Tell the backend the range is unused (a hint: freed parts read as zeros)."""
 
     @abc.abstractmethod
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:

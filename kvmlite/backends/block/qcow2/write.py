@@ -167,7 +167,17 @@ class Qcow2Writer:
     # -- zeroing --------------------------------------------------------------
 
     def discard(self: Qcow2Backend, offset: int, length: int) -> None:
-        self.write_zeroes(offset, length, unmap=True)
+        """Free whole clusters (they then read as zeros); partial clusters are left
+        alone, as QEMU does: a discard is a hint, not a promise of zeros."""
+        self._check_writable()
+        self._check_range(offset, length)
+        cs = self.cs
+        start = -(-offset // cs) * cs
+        end = offset + length
+        if end != self.size:
+            end = end // cs * cs
+        if end > start:
+            self.write_zeroes(start, end - start, unmap=True)
 
     def write_zeroes(self: Qcow2Backend, offset: int, length: int, unmap: bool = False) -> None:
         self._check_writable()
