@@ -14,7 +14,7 @@ sized variant an ioctl needs.
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_char, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
+from ctypes import c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 
 KVM_NR_INTERRUPTS = 256
 KVM_APIC_REG_SIZE = 0x400
@@ -35,7 +35,17 @@ class KvmRegs(ctypes.Structure):
 
 
 class KvmLapicState(ctypes.Structure):
-    _fields_ = [("regs", c_char * KVM_APIC_REG_SIZE)]
+    """The LAPIC register page. C declares ``char regs[1024]``; it is ``c_uint8`` here so
+    that ``bytes(state.regs)`` is the whole page (a ctypes char array stops at a NUL)."""
+
+    _fields_ = [("regs", c_uint8 * KVM_APIC_REG_SIZE)]
+
+    def get_reg(self, offset: int) -> int:
+        """The 32-bit register at ``offset`` (e.g. 0xF0 spurious-interrupt vector)."""
+        return int.from_bytes(bytes(self.regs[offset : offset + 4]), "little")
+
+    def set_reg(self, offset: int, value: int) -> None:
+        self.regs[offset : offset + 4] = list(value.to_bytes(4, "little"))
 
 
 class KvmSegment(ctypes.Structure):
