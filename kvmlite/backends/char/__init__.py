@@ -1,1 +1,26 @@
-"""kvmlite."""
+"""Character backends: the host side of serial ports and consoles.
+
+Pick one with ``parse_console_spec("stdio" | "file:PATH" | "unix:PATH" | "pty"
+| "null")``; the interface every backend has is in ``base``.
+"""
+
+from kvmlite.backends.char.base import CharBackend
+from kvmlite.backends.char.escape import EscapeAction, EscapeParser
+from kvmlite.backends.char.file import FileBackend
+from kvmlite.backends.char.null import NullBackend
+from kvmlite.backends.char.pty_backend import PtyBackend
+from kvmlite.backends.char.spec import parse_console_spec
+from kvmlite.backends.char.stdio import StdioBackend
+from kvmlite.backends.char.unix_socket import UnixSocketBackend
+
+__all__ = [
+    "CharBackend",
+    "EscapeAction",
+    "EscapeParser",
+    "FileBackend",
+    "NullBackend",
+    "PtyBackend",
+    "StdioBackend",
+    "UnixSocketBackend",
+    "parse_console_spec",
+]
