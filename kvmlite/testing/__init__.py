@@ -2,6 +2,7 @@
 
 * ``MockDriver``: the guest side of a split virtqueue over guest memory.
 * ``RecordingInterrupt``: an Interrupt/IrqLine that counts what it was asked.
+* ``attach_drivers(device, memory)``: activate a VirtioDevice with MockDrivers.
 * ``bytearray_memory(size, gpa=0)``: guest RAM over a fresh bytearray.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from kvmlite.memory import GuestMemory
 from kvmlite.testing.interrupts import RecordingInterrupt
-from kvmlite.testing.mock_driver import MockDriver, SubmittedChain, UsedEntry
+from kvmlite.testing.mock_driver import MockDriver, SubmittedChain, UsedEntry, attach_drivers
 
 
 def bytearray_memory(size: int, gpa: int = 0) -> GuestMemory:
@@ -23,5 +24,6 @@ __all__ = [
     "RecordingInterrupt",
     "SubmittedChain",
     "UsedEntry",
+    "attach_drivers",
     "bytearray_memory",
 ]

@@ -28,8 +28,10 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
 from kvmlite.devices.virtio.spec import (
+    VIRTIO_F_EVENT_IDX,
     VIRTQ_AVAIL_F_NO_INTERRUPT,
     VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
@@ -37,6 +39,7 @@ from kvmlite.devices.virtio.spec import (
     VIRTQ_USED_F_NO_NOTIFY,
 )
 from kvmlite.memory import GuestMemory
+from kvmlite.testing.interrupts import RecordingInterrupt
 
 _DESC = struct.Struct("<QIHH")
 
@@ -244,8 +247,51 @@ class MockDriver:
                 written = b"".join(self.memory.read(a, n) for a, n in chain.writable)
             out.append(UsedEntry(head, length, written))
             self.last_used = (self.last_used + 1) & 0xFFFF
+        if self.event_idx:
+            # Like Linux's virtqueue_enable_cb: interrupt me for the next one.
+            self.set_used_event(self.last_used)
         return out
 
 
 def _align(x: int, a: int) -> int:
     return (x + a - 1) & ~(a - 1)
+
+
+def attach_drivers(
+    device: VirtioDevice,
+    memory: GuestMemory,
+    *,
+    features: int | None = None,
+    queue_size: int | None = None,
+) -> tuple[list[MockDriver], list[RecordingInterrupt], RecordingInterrupt]:
+    """Negotiate features and activate ``device`` with one MockDriver per queue.
+
+    Does what a transport does at DRIVER_OK, without a transport: splits the
+    first RAM region into one area per queue, acks ``features`` (default: all
+    offered), activates with ``RecordingInterrupt`` objects and wires each
+    driver's ``kick()`` to ``device.process_queue(i)``. Returns the drivers,
+    the per-queue interrupts and the config interrupt.
+    """
+    device.ack_features(device.avail_features if features is None else features)
+    event_idx = device.has_feature(VIRTIO_F_EVENT_IDX)
+    region = memory.regions[0]
+    share = (region.size // device.num_queues) & ~0xFFF
+    drivers, queues = [], []
+    for i, max_size in enumerate(device.queue_max_sizes):
+        size = min(max_size, queue_size or max_size)
+        drv = MockDriver(
+            memory,
+            size,
+            base=region.gpa + i * share,
+            data_size=share - _align(16 * size + 6 + 2 * size + 8 * size + 16, 4096) - 4096,
+            event_idx=event_idx,
+            notify=lambda i=i: device.process_queue(i),
+        )
+        q = VirtQueue(max_size)
+        drv.configure(q)
+        drivers.append(drv)
+        queues.append(q)
+    irqs = [RecordingInterrupt() for _ in queues]
+    config_irq = RecordingInterrupt()
+    device.activate(memory, queues, irqs, config_irq)
+    return drivers, irqs, config_irq

@@ -265,6 +265,12 @@ class VirtQueue:
             raise ChainError(head, f"head index {head} >= queue size {self.size}")
         return self._walk(memory, head)
 
+    def chain_at(self, memory: GuestMemory, head: int) -> DescriptorChain:
+        """Re-walk the chain starting at descriptor ``head`` (restoring in-flight requests)."""
+        if head >= self.size:
+            raise ChainError(head, f"head index {head} >= queue size {self.size}")
+        return self._walk(memory, head)
+
     def go_back(self) -> None:
         """Un-pop the last chain (the device could not take it now: back-pressure)."""
         self.next_avail = (self.next_avail - 1) & 0xFFFF
