@@ -24,6 +24,13 @@ empty), THR empty (0x02; set when IER.ETBEI goes 0->1 or a THR write leaves
 THR empty, cleared by an IIR read that reports it or by a THR write), modem
 status (0x00, cleared by reading MSR).
 
+When a guest read empties the RX FIFO (or the guest clears it, or leaves
+loopback), the optional ``on_rx_room`` callback runs, so the VMM can offer
+the input it kept back without polling ``wants_input()``.
+
+The device is not thread-safe: the VMM serialises register accesses from
+vCPU threads and ``enqueue_input`` from its I/O loop (one lock per device).
+
 The IRQ line level is "an enabled interrupt is pending and MCR.OUT2 is set",
 as on a PC where OUT2 gates the UART's INTR onto the ISA bus. In loopback the
 datasheet forces the OUT pins inactive, so the PC sees no IRQ then. The line
@@ -142,9 +149,15 @@ class Serial16550:
     State = SerialState
     name = "serial16550"
 
-    def __init__(self, irq: IrqLine, output: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        irq: IrqLine,
+        output: Callable[[bytes], None],
+        on_rx_room: Callable[[], None] | None = None,
+    ) -> None:
         self._irq = irq
         self._output = output
+        self._on_rx_room = on_rx_room
         self._irq_level = False
         self._ier = 0
         self._lcr = 0
@@ -224,9 +237,17 @@ class Serial16550:
         return self._scr
 
     def _read_rbr(self) -> int:
-        value = self._rx.popleft() if self._rx else 0
+        if not self._rx:
+            return 0
+        value = self._rx.popleft()
         self._update_irq()
+        if not self._rx:
+            self._rx_room()
         return value
+
+    def _rx_room(self) -> None:
+        if self._on_rx_room is not None:
+            self._on_rx_room()
 
     def _write_reg(self, reg: int, value: int) -> None:
         dlab = self._lcr & UART_LCR_DLAB
@@ -277,15 +298,19 @@ class Serial16550:
 
     def _write_fcr(self, value: int) -> None:
         enable = value & UART_FCR_ENABLE_FIFO
+        had_data = bool(self._rx)
         if enable != self._fcr & UART_FCR_ENABLE_FIFO:
             self._rx.clear()  # changing FCR0 clears both FIFOs (datasheet, FCR)
         if value & UART_FCR_CLEAR_RCVR:
             self._rx.clear()
         self._fcr = value & (UART_FCR_ENABLE_FIFO | UART_FCR_DMA_SELECT | UART_FCR_TRIGGER_MASK)
         self._update_irq()
+        if had_data and not self._rx:
+            self._rx_room()
 
     def _write_mcr(self, value: int) -> None:
         value &= UART_MCR_MASK
+        leaving_loop = self._mcr & UART_MCR_LOOP and not value & UART_MCR_LOOP
         self._mcr = value
         if value & UART_MCR_LOOP:
             # Loopback: the modem outputs feed the modem inputs
@@ -300,6 +325,8 @@ class Serial16550:
             lines = _MSR_IDLE_LINES
         self._set_modem_lines(lines)
         self._update_irq()
+        if leaving_loop:
+            self._rx_room()
 
     def _set_modem_lines(self, lines: int) -> None:
         old = self._msr

@@ -294,3 +294,23 @@ def test_fuzz_registers_never_raise_and_invariants_hold(ops):
         s = u.dev.save()
         assert len(s.rx_fifo) <= UART_FIFO_SIZE
         assert u.irq.level == u.dev._computed_level()
+
+
+def test_rx_room_callback():
+    calls = []
+    irq = RecordingInterrupt()
+    dev = Serial16550(irq, lambda b: None, on_rx_room=lambda: calls.append(1))
+    dev.write(UART_FCR, b"\x01")
+    dev.enqueue_input(b"ab")
+    dev.read(UART_RBR, 1)
+    assert calls == []  # not empty yet
+    dev.read(UART_RBR, 1)
+    assert calls == [1]
+    dev.read(UART_RBR, 1)  # reading an empty FIFO changes nothing
+    assert calls == [1]
+    dev.enqueue_input(b"c")
+    dev.write(UART_FCR, b"\x03")
+    assert calls == [1, 1]
+    dev.write(UART_MCR, b"\x10")
+    dev.write(UART_MCR, b"\x08")
+    assert len(calls) == 3
