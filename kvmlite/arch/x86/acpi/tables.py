@@ -168,6 +168,21 @@ def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) & -alignment
 
 
+def _exclude(window: tuple[int, int], lo: int, hi: int) -> tuple[int, int]:
+    """Trim the ECAM area [lo, hi] off either end of ``window``; refuse a hole in the middle."""
+    start, end = window
+    if hi < start or lo > end:
+        return window
+    if lo <= start:
+        return hi + 1, end
+    if hi >= end:
+        return start, lo - 1
+    raise ConfigError(
+        f"the ECAM area {lo:#x}..{hi:#x} lies inside the 32-bit PCI window"
+        f" {start:#x}..{end:#x}: put it at either end of the window"
+    )
+
+
 def build_acpi_tables(
     num_vcpus: int,
     *,
@@ -186,6 +201,8 @@ def build_acpi_tables(
     if not 1 <= num_vcpus <= 254:
         raise ConfigError(f"ACPI tables describe 1..254 vCPUs (xAPIC ids), not {num_vcpus}")
     last_bus = ecam.last_bus if ecam is not None else 255
+    if ecam is not None:
+        mmio32 = _exclude(mmio32, ecam.base, ecam.base + ecam.size - 1)
     try:
         body = dsdt_aml(
             pci_routes,

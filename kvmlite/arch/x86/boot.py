@@ -1,0 +1,85 @@
+"""One entry point for booting Linux on x86: ``load_kernel``.
+
+It reads the kernel and initrd files (every failure is an ImageError naming
+the path), writes the firmware tables (MP table always, ACPI unless turned
+off), sniffs the kernel format (bzImage by its "HdrS" boot protocol header,
+ELF vmlinux by its magic, booted through the PVH entry) and hands the rest to
+the matching loader. The returned BootPlan goes to ``cpu.apply_boot_state``
+for the BSP (``plan.cpu_state()``); see the module docstrings of bzimage.py
+and pvh.py for what each loader places where, and layout.py for the map.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from kvmlite.arch.x86 import bzimage, elf, mptable, pvh
+from kvmlite.arch.x86.acpi import Ecam, build_acpi_tables
+from kvmlite.arch.x86.bootplan import BootPlan
+from kvmlite.errors import ImageError
+from kvmlite.memory import GuestMemory
+
+#: Refuse absurd files before reading them into memory.
+MAX_FILE_SIZE = 4 << 30
+
+
+def read_image(path: str | os.PathLike[str], what: str) -> bytes:
+    """The whole file, or ImageError saying why it cannot be used."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_SIZE:
+                raise ImageError(f"{what} {path} is {size >> 20} MiB: that cannot be a {what}")
+            data = f.read()
+    except IsADirectoryError:
+        raise ImageError(f"{what} {path} is a directory, not a file") from None
+    except FileNotFoundError:
+        raise ImageError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise ImageError(f"{what} {path} is not readable: check its permissions") from None
+    except OSError as e:
+        raise ImageError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(f"{what} {path} is empty")
+    return data
+
+
+def load_kernel(
+    memory: GuestMemory,
+    kernel_path: str | os.PathLike[str],
+    initrd_path: str | os.PathLike[str] | None,
+    cmdline: str,
+    *,
+    num_vcpus: int,
+    acpi: bool = True,
+    pci_routes: Sequence[tuple[int, int, int]] = (),
+    ecam: Ecam | None = None,
+    mmio64: tuple[int, int] | None = None,
+) -> BootPlan:
+    """Place firmware tables, kernel, initrd and command line; return the boot plan.
+
+    ``pci_routes`` are (device, pin 0..3, IOAPIC pin = GSI) rows for the MP
+    table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio64`` a 64-bit
+    window to the PCI root bridge (inclusive bounds).
+    """
+    name = os.fspath(kernel_path)
+    data = read_image(kernel_path, "kernel")
+    initrd = read_image(initrd_path, "initrd") if initrd_path is not None else None
+
+    mptable.write_mptable(memory, num_vcpus, pci_routes)
+    rsdp_addr = 0
+    if acpi:
+        tables = build_acpi_tables(num_vcpus, pci_routes=pci_routes, ecam=ecam, mmio64=mmio64)
+        tables.write(memory)
+        rsdp_addr = tables.rsdp_addr
+
+    if bzimage.is_bzimage(data):
+        return bzimage.load_bzimage(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
+    if elf.is_elf(data):
+        return pvh.load_pvh(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
+    raise ImageError(
+        f"kernel {name} is neither a bzImage (no 'HdrS' header at 0x202) nor an ELF vmlinux:"
+        " pass arch/x86/boot/bzImage or vmlinux from a kernel build"
+    )
