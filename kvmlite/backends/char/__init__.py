@@ -9,6 +9,7 @@ from kvmlite.backends.char.escape import EscapeAction, EscapeParser
 from kvmlite.backends.char.file import FileBackend
 from kvmlite.backends.char.null import NullBackend
 from kvmlite.backends.char.pty_backend import PtyBackend
+from kvmlite.backends.char.pump import InputPump, InputSink
 from kvmlite.backends.char.spec import parse_console_spec
 from kvmlite.backends.char.stdio import StdioBackend
 from kvmlite.backends.char.unix_socket import UnixSocketBackend
@@ -18,6 +19,8 @@ __all__ = [
     "EscapeAction",
     "EscapeParser",
     "FileBackend",
+    "InputPump",
+    "InputSink",
     "NullBackend",
     "PtyBackend",
     "StdioBackend",
