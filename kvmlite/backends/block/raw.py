@@ -91,6 +91,9 @@ class RawBackend(BlockBackend):
         self._lock = threading.Lock()
         st = os.fstat(self._fd)
         self._is_blockdev = stat.S_ISBLK(st.st_mode)
+        if not (self._is_blockdev or stat.S_ISREG(st.st_mode)):
+            os.close(self._fd)
+            raise ImageError(f"{path}: not a regular file or block device; cannot use it as a disk")
         # lseek(SEEK_END) works for regular files and block devices alike.
         self.size = os.lseek(self._fd, 0, os.SEEK_END)
 
