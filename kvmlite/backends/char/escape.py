@@ -6,6 +6,7 @@
 Ctrl-A x       quit kvmlite
 Ctrl-A c       reserved for the monitor (not there yet: prints a note)
 Ctrl-A h       print help
+Ctrl-A b       send a break (Linux: the next key is a Magic SysRq command)
 Ctrl-A Ctrl-A  send one Ctrl-A to the guest
 =============  ==========================================================
 
@@ -25,17 +26,20 @@ class EscapeAction(enum.Enum):
     QUIT = "quit"
     MONITOR = "monitor"
     HELP = "help"
+    BREAK = "break"
 
 
 _ACTIONS = {
     ord("x"): EscapeAction.QUIT,
     ord("c"): EscapeAction.MONITOR,
     ord("h"): EscapeAction.HELP,
+    ord("b"): EscapeAction.BREAK,
 }
 
 HELP_TEXT = (
     "C-a h    print this help\r\n"
     "C-a x    exit kvmlite\r\n"
+    "C-a b    send a break (Linux: then a SysRq key)\r\n"
     "C-a c    switch to the monitor (not available yet)\r\n"
     "C-a C-a  send C-a to the guest\r\n"
 )

@@ -16,13 +16,18 @@ CONSOLE_SPECS = "stdio, file:PATH, file:PATH,append=on, unix:PATH, pty, null"
 _APPEND_SUFFIX = ",append=on"
 
 
-def parse_console_spec(spec: str, *, on_quit: Callable[[], None] | None = None) -> CharBackend:
-    """Build the backend ``spec`` names; ``on_quit`` is for stdio's Ctrl-A x."""
+def parse_console_spec(
+    spec: str,
+    *,
+    on_quit: Callable[[], None] | None = None,
+    on_break: Callable[[], None] | None = None,
+) -> CharBackend:
+    """Build the backend ``spec`` names; ``on_quit``/``on_break``: stdio's Ctrl-A x / b."""
     kind, sep, arg = spec.partition(":")
     if kind in ("stdio", "pty", "null") and sep:
         raise ConfigError(f"console {spec!r}: {kind!r} takes no argument; use plain {kind!r}")
     if kind == "stdio":
-        return StdioBackend(on_quit)
+        return StdioBackend(on_quit, on_break=on_break)
     if kind == "pty":
         return PtyBackend()
     if kind == "null":

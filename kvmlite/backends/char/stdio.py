@@ -1,7 +1,8 @@
 """The user's terminal as the console (QEMU's ``-serial stdio`` / ``-nographic``).
 
 When stdin is a terminal it is put into raw mode (see ``terminal``) and the
-escape keys of ``escape`` work: Ctrl-A x quits, Ctrl-A h prints help. When
+escape keys of ``escape`` work: Ctrl-A x quits (``on_quit``), Ctrl-A b sends
+a break (``on_break``, e.g. ``Serial16550.send_break``), Ctrl-A h prints help. When
 stdin is not a terminal (a pipe, a file, /dev/null) bytes pass through
 untouched: no raw mode and no escape keys, so scripts can feed any bytes.
 """
@@ -26,6 +27,7 @@ class StdioBackend(CharBackend):
         self,
         on_quit: Callable[[], None] | None = None,
         *,
+        on_break: Callable[[], None] | None = None,
         stdin_fd: int = 0,
         stdout_fd: int = 1,
         signal_handlers: bool = True,
@@ -33,6 +35,7 @@ class StdioBackend(CharBackend):
         self._in = stdin_fd
         self._out = stdout_fd
         self._on_quit = on_quit
+        self._on_break = on_break
         #: Set by Ctrl-A x when no ``on_quit`` callback was given.
         self.quit_requested = False
         self._closed = False
@@ -69,6 +72,9 @@ class StdioBackend(CharBackend):
             self.write(b"\r\n" + HELP_TEXT.encode())
         elif action is EscapeAction.MONITOR:
             self.write(MONITOR_NOTE)
+        elif action is EscapeAction.BREAK:
+            if self._on_break is not None:
+                self._on_break()
         elif action is EscapeAction.QUIT:
             if self._on_quit is not None:
                 self._on_quit()

@@ -190,6 +190,20 @@ class Serial16550:
             self._update_irq()
         return len(taken)
 
+    def send_break(self) -> bool:
+        """A break condition on the line (Linux's serial console turns it into SysRq).
+
+        Like the 16550 in FIFO mode, a zero byte goes into the RX FIFO and
+        LSR.BI is set; returns False (nothing done) when the FIFO is full or
+        in loopback, so the caller may retry.
+        """
+        if self._mcr & UART_MCR_LOOP or len(self._rx) >= self._rx_capacity():
+            return False
+        self._rx.append(0)
+        self._lsr_errors |= UART_LSR_BI
+        self._update_irq()
+        return True
+
     # -- guest side --------------------------------------------------------------
 
     def read(self, offset: int, size: int) -> bytes:

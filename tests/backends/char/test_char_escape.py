@@ -43,3 +43,7 @@ def test_chunking_does_not_matter(chunks):
         out += o
         acts += a
     assert (out, acts) == whole
+
+
+def test_break_key():
+    assert EscapeParser().feed(b"\x01bt") == (b"t", [EscapeAction.BREAK])

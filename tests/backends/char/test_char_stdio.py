@@ -138,3 +138,19 @@ def test_atexit_restores_terminal():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_break_key_calls_on_break():
+    master, slave = pty.openpty()
+    breaks = []
+    b = StdioBackend(
+        stdin_fd=slave, stdout_fd=slave, signal_handlers=False, on_break=lambda: breaks.append(1)
+    )
+    try:
+        os.write(master, b"\x01bt")
+        assert b.read_available() == b"t"
+        assert breaks == [1]
+    finally:
+        b.close()
+        os.close(master)
+        os.close(slave)

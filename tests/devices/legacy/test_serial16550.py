@@ -314,3 +314,15 @@ def test_rx_room_callback():
     dev.write(UART_MCR, b"\x10")
     dev.write(UART_MCR, b"\x08")
     assert len(calls) == 3
+
+
+def test_break_for_sysrq(u):
+    linux_startup(u)
+    assert u.dev.send_break()
+    assert u.inb(UART_IIR) & 0x0F == 0x06  # line status (ELSI is on)
+    lsr = u.inb(UART_LSR)
+    assert lsr & 0x11 == 0x11  # BI with the zero character
+    assert u.inb(UART_RBR) == 0
+    assert not u.inb(UART_LSR) & 0x10
+    u.outb(UART_MCR, 0x1B)
+    assert not u.dev.send_break()
