@@ -67,6 +67,12 @@ _EXIT_REASON_OFF = KvmRun.exit_reason.offset
 _IMMEDIATE_EXIT_OFF = KvmRun.immediate_exit.offset
 _UNION = KvmRun.io.offset  # every exit struct starts at the union
 _IO = struct.Struct("=BBHIQ")  # direction, size, port, count, data_offset
+# exit_reason and the io fields in one call: the common exit costs a single unpack.
+_REASON_IO = struct.Struct(
+    f"={_EXIT_REASON_OFF}xI{_UNION - _EXIT_REASON_OFF - 4}x" + _IO.format.lstrip("=")
+)
+_unpack_reason_io = _REASON_IO.unpack_from
+_ioctl = fcntl.ioctl
 _MMIO = struct.Struct("=Q8xIB")  # phys_addr, (data), len, is_write
 _MMIO_DATA_OFF = _UNION + _RunMmio.data.offset
 _FAIL_ENTRY = struct.Struct("=QI")
@@ -77,6 +83,7 @@ _HW = struct.Struct("=Q")
 
 # The formats above must describe the C layout the structs were tested against.
 assert _IO.size == ctypes.sizeof(_RunIo)
+assert _REASON_IO.size == _UNION + _IO.size
 assert _MMIO.size <= ctypes.sizeof(_RunMmio)
 assert _FAIL_ENTRY.size <= ctypes.sizeof(_RunFailEntry)
 assert _RunInternal.data.offset == _INTERNAL_HDR.size
@@ -99,17 +106,17 @@ class Vcpu:
     def run(self) -> exits.Exit:
         """KVM_RUN until the next exit, returned as a typed exit object."""
         try:
-            fcntl.ioctl(self.fd, _KVM_RUN)
+            _ioctl(self.fd, _KVM_RUN)
         except InterruptedError:
             return exits.INTR
         except OSError as e:
             raise KvmIoctlError(_KVM_RUN, e.errno or 0) from e
-        run = self._run
-        reason = _U32.unpack_from(run, _EXIT_REASON_OFF)[0]
+        # The io fields are only meaningful when reason is KVM_EXIT_IO.
+        reason, direction, size, port, count, offset = _unpack_reason_io(self._run)
         if reason == _EXIT_IO:
-            direction, size, port, count, offset = _IO.unpack_from(run, _UNION)
             data = self._view[offset : offset + size * count]
             return exits.IoExit(port, size, direction == 1, count, data)
+        run = self._run
         if reason == _EXIT_MMIO:
             address, length, is_write = _MMIO.unpack_from(run, _UNION)
             length = min(length, 8)
