@@ -17,6 +17,7 @@ of them the same way:
 from __future__ import annotations
 
 import os
+import select
 from types import TracebackType
 
 
@@ -51,8 +52,16 @@ class CharBackend:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to a blocking fd (retrying short writes)."""
+    """Write all of ``data`` to ``fd``, retrying short writes.
+
+    An fd that someone else made non-blocking (a terminal shares its file
+    description with other programs) is waited on rather than failing.
+    """
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
         view = view[n:]

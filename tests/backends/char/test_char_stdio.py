@@ -154,3 +154,26 @@ def test_break_key_calls_on_break():
         b.close()
         os.close(master)
         os.close(slave)
+
+
+def test_write_to_nonblocking_full_pipe_waits_not_fails():
+    import threading
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    b = StdioBackend(stdin_fd=r, stdout_fd=w)
+    data = b"z" * (1 << 20)  # far more than a pipe buffer
+    got = bytearray()
+
+    def drain() -> None:
+        while len(got) < len(data):
+            got.extend(os.read(r, 65536))
+
+    t = threading.Thread(target=drain)
+    t.start()
+    b.write(data)
+    t.join(timeout=10)
+    assert bytes(got) == data
+    b.close()
+    os.close(r)
+    os.close(w)
