@@ -146,3 +146,29 @@ def test_apply_boot_state_pvh():
     s = vcpu.calls[1][1]
     assert s.cs.selector == 0x08 and s.cs.db == 1 and s.efer == 0 and s.cr0 & 0x80000000 == 0
     assert vcpu.calls[2][1].rbx == 0x7000
+
+
+def test_apply_with_kvm_structs():
+    """The same path with the real ctypes structs (nested segments are written in place)."""
+    from kvmlite.kvm.structs import KvmRegs, KvmSregs
+
+    class Vcpu:
+        def __init__(self):
+            self.sregs = KvmSregs()
+            self.sregs.tr.type = 11
+            self.regs = None
+
+        def get_sregs(self):
+            return self.sregs
+
+        def set_sregs(self, s):
+            self.sregs = s
+
+        def set_regs(self, r):
+            self.regs = r
+
+    v = Vcpu()
+    cpu.apply_boot_state(v, cpu.plan_long_mode(0x100200, 0x7000))
+    assert isinstance(v.regs, KvmRegs) and v.regs.rsi == 0x7000 and v.regs.rip == 0x100200
+    assert v.sregs.cs.l == 1 and v.sregs.ss.selector == 0x18 and v.sregs.tr.type == 11
+    assert v.sregs.efer == 0x500 and v.sregs.gdt.limit == 31
