@@ -62,7 +62,6 @@ _EXIT_IO = c.KVM_EXIT_IO
 _EXIT_MMIO = c.KVM_EXIT_MMIO
 _EXIT_HLT = c.KVM_EXIT_HLT
 
-_U32 = struct.Struct("=I")
 _EXIT_REASON_OFF = KvmRun.exit_reason.offset
 _IMMEDIATE_EXIT_OFF = KvmRun.immediate_exit.offset
 _UNION = KvmRun.io.offset  # every exit struct starts at the union
@@ -73,6 +72,8 @@ _REASON_IO = struct.Struct(
 )
 _unpack_reason_io = _REASON_IO.unpack_from
 _ioctl = fcntl.ioctl
+_IoExit = exits.IoExit
+_MmioExit = exits.MmioExit
 _MMIO = struct.Struct("=Q8xIB")  # phys_addr, (data), len, is_write
 _MMIO_DATA_OFF = _UNION + _RunMmio.data.offset
 _FAIL_ENTRY = struct.Struct("=QI")
@@ -115,13 +116,13 @@ class Vcpu:
         reason, direction, size, port, count, offset = _unpack_reason_io(self._run)
         if reason == _EXIT_IO:
             data = self._view[offset : offset + size * count]
-            return exits.IoExit(port, size, direction == 1, count, data)
+            return _IoExit(port, size, direction == 1, count, data)
         run = self._run
         if reason == _EXIT_MMIO:
             address, length, is_write = _MMIO.unpack_from(run, _UNION)
             length = min(length, 8)
             data = self._view[_MMIO_DATA_OFF : _MMIO_DATA_OFF + length]
-            return exits.MmioExit(address, length, bool(is_write), data)
+            return _MmioExit(address, length, bool(is_write), data)
         if reason == _EXIT_HLT:
             return exits.HLT
         return self._slow_exit(reason)

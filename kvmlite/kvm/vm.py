@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvmlite.errors import ConfigError
 from kvmlite.kvm import ioctls as nr
 from kvmlite.kvm._ioctl import ioctl, ioctl_ulong
 from kvmlite.kvm.structs import (
@@ -69,6 +70,7 @@ class Vm:
         self.kvm = kvm
         self.fd = fd
         self.vcpus: list[Vcpu] = []
+        self._slot_sizes: dict[int, int] = {}
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM (some answers are per-VM, e.g. KVM_CAP_XSAVE2)."""
@@ -84,6 +86,10 @@ class Vm:
             slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size, userspace_addr=host_addr
         )
         ioctl(self.fd, nr.KVM_SET_USER_MEMORY_REGION, region, f"slot {slot} at {gpa:#x}")
+        if size:
+            self._slot_sizes[slot] = size
+        else:
+            self._slot_sizes.pop(slot, None)
 
     def get_dirty_log(self, slot: int, size: int) -> bytes:
         """KVM_GET_DIRTY_LOG: one bit per 4 KiB page of the ``size``-byte slot, LSB first.
@@ -91,9 +97,17 @@ class Vm:
         Reading it also clears it: the next call reports only pages written since.
         The slot must have been registered with KVM_MEM_LOG_DIRTY_PAGES.
         """
+        slot_size = self._slot_sizes.get(slot)
+        if slot_size is None or not 0 < size <= slot_size:
+            raise ConfigError(
+                f"dirty log of slot {slot}: size {size:#x} does not fit the slot "
+                f"({'not registered' if slot_size is None else hex(slot_size)})"
+            )
         pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
-        # The kernel writes whole 64-bit words (api.rst 4.8).
-        bitmap = ctypes.create_string_buffer(((pages + 63) // 64) * 8)
+        # The kernel writes the whole slot's bitmap in 64-bit words (api.rst 4.8), so
+        # the buffer is sized from the registered slot, never from the caller's size.
+        slot_pages = (slot_size + PAGE_SIZE - 1) // PAGE_SIZE
+        bitmap = ctypes.create_string_buffer(((slot_pages + 63) // 64) * 8)
         log = KvmDirtyLog(slot=slot)
         log.dirty_bitmap = ctypes.addressof(bitmap)
         ioctl(self.fd, nr.KVM_GET_DIRTY_LOG, log, f"slot {slot}")

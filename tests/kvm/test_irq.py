@@ -161,3 +161,15 @@ def test_dirty_log_after_guest_writes(make_machine) -> None:
     dirty = [p for p in range(size // 4096) if log[p // 8] >> (p % 8) & 1]
     assert dirty == [2, 5]
     assert not any(m.vm.get_dirty_log(0, size))  # reading cleared it
+
+
+def test_dirty_log_size_is_checked(make_machine) -> None:
+    from kvmlite.errors import ConfigError
+
+    m = make_machine(slot_flags=KVM_MEM_LOG_DIRTY_PAGES)
+    size = m.mem.regions[0].size
+    assert len(m.vm.get_dirty_log(0, size // 2)) == size // 2 // 4096 // 8
+    with pytest.raises(ConfigError, match="slot 0"):
+        m.vm.get_dirty_log(0, size * 2)
+    with pytest.raises(ConfigError, match="not registered"):
+        m.vm.get_dirty_log(5, 4096)
