@@ -103,7 +103,7 @@ def test_bad_boot_flag():
         parse_setup_header(bytes(img))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.data())
 def test_fuzz_header_fields(data):
     """Any bytes in the setup header: a plan or an ImageError, never another exception."""
@@ -122,6 +122,7 @@ def test_fuzz_header_fields(data):
     assert plan.kernel_end <= 8 * MIB and plan.initrd_addr >= plan.kernel_end
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=4096))
 def test_fuzz_random_bytes(blob):
     try:

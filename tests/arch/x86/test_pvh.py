@@ -110,7 +110,7 @@ def test_note_past_segment():
         load_pvh(mem(), make_elf([(0x1000000, TEXT, len(TEXT))], notes=bad), "")
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.data())
 def test_fuzz_elf(data):
     """Mutated valid kernels: a plan inside RAM or an ImageError, never another exception."""
@@ -127,6 +127,7 @@ def test_fuzz_elf(data):
     assert 1 * MIB <= plan.kernel_addr < plan.kernel_end <= 4 * MIB
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=512))
 def test_fuzz_bytes(blob):
     try:
