@@ -18,6 +18,8 @@ Invariants:
   and runs past its end is refused: the bus answers as if no device were
   there (``None`` / ``False``) rather than hand the device an access it never
   promised to handle;
+* inserts and removes may run while other threads dispatch: the table is
+  replaced whole (copy on write), so a lookup never sees half an update;
 * an exception out of a device's handler (a device bug; guest input must never
   cause one, rule 6) is logged and the access is treated as unclaimed, so a
   bad device model cannot kill the vCPU thread.
@@ -29,6 +31,7 @@ compares and the handler call: it runs on every trapped access.
 from __future__ import annotations
 
 import logging
+import threading
 from bisect import bisect_right
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
@@ -74,13 +77,16 @@ class Bus:
 
     def __init__(self, name: str = "bus") -> None:
         self.name = name
-        self._bases: list[int] = []
-        self._ends: list[int] = []
-        self._devices: list[BusDevice] = []
+        # (bases, ends, devices): replaced as a whole, never changed in place,
+        # so a vCPU thread dispatching while another thread inserts or
+        # removes (a guest moving a PCI BAR) sees either the old table or
+        # the new one, never a mix. The lock orders the writers.
+        self._table: tuple[list[int], list[int], list[BusDevice]] = ([], [], [])
+        self._lock = threading.Lock()
         self._unclaimed_logged: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self._bases)
+        return len(self._table[0])
 
     def insert(self, device: BusDevice, base: int, size: int) -> None:
         """Place ``device`` at ``[base, base + size)``; refuse overlaps and empty ranges."""
@@ -92,69 +98,74 @@ class Bus:
         if base < 0:
             raise ConfigError(f"{self.name}: negative base {base:#x} for {_name(device)}")
         end = base + size
-        i = bisect_right(self._bases, base)
-        # Only the neighbours can overlap: the range before (if it runs past
-        # base) and the range after (if it starts before end).
-        for j in (i - 1, i):
-            if 0 <= j < len(self._bases) and self._bases[j] < end and base < self._ends[j]:
-                other = self._devices[j]
-                raise ConfigError(
-                    f"{self.name}: {_name(device)} at [{base:#x}, {end:#x}) overlaps "
-                    f"{_name(other)} at [{self._bases[j]:#x}, {self._ends[j]:#x}); "
-                    "move one of them"
-                )
-        self._bases.insert(i, base)
-        self._ends.insert(i, end)
-        self._devices.insert(i, device)
+        with self._lock:
+            bases, ends, devices = (list(x) for x in self._table)
+            i = bisect_right(bases, base)
+            # Only the neighbours can overlap: the range before (if it runs
+            # past base) and the range after (if it starts before end).
+            for j in (i - 1, i):
+                if 0 <= j < len(bases) and bases[j] < end and base < ends[j]:
+                    raise ConfigError(
+                        f"{self.name}: {_name(device)} at [{base:#x}, {end:#x}) overlaps "
+                        f"{_name(devices[j])} at [{bases[j]:#x}, {ends[j]:#x}); "
+                        "move one of them"
+                    )
+            bases.insert(i, base)
+            ends.insert(i, end)
+            devices.insert(i, device)
+            self._table = (bases, ends, devices)
 
     def remove(self, base: int) -> BusDevice:
         """Take the device whose range starts at ``base`` off the bus and return it."""
-        i = bisect_right(self._bases, base) - 1
-        if i < 0 or self._bases[i] != base:
-            raise ConfigError(f"{self.name}: no device starts at {base:#x}")
-        del self._bases[i]
-        del self._ends[i]
-        return self._devices.pop(i)
+        with self._lock:
+            bases, ends, devices = (list(x) for x in self._table)
+            i = bisect_right(bases, base) - 1
+            if i < 0 or bases[i] != base:
+                raise ConfigError(f"{self.name}: no device starts at {base:#x}")
+            del bases[i]
+            del ends[i]
+            device = devices.pop(i)
+            self._table = (bases, ends, devices)
+            return device
 
     def find(self, addr: int, size: int = 1) -> BusRange | None:
         """The range that wholly contains ``[addr, addr + size)``, if any."""
-        i = bisect_right(self._bases, addr) - 1
-        if i < 0 or addr + size > self._ends[i]:
+        bases, ends, devices = self._table
+        i = bisect_right(bases, addr) - 1
+        if i < 0 or addr + size > ends[i]:
             return None
-        base = self._bases[i]
-        return BusRange(base, self._ends[i] - base, self._devices[i])
+        return BusRange(bases[i], ends[i] - bases[i], devices[i])
 
     def devices(self) -> Iterator[BusRange]:
         """All ranges in address order (for the builder, snapshot and debugging)."""
-        for base, end, dev in zip(self._bases, self._ends, self._devices, strict=True):
+        bases, ends, devices = self._table
+        for base, end, dev in zip(bases, ends, devices, strict=True):
             yield BusRange(base, end - base, dev)
 
     # -- hot path -------------------------------------------------------------
 
     def dispatch_read(self, addr: int, size: int) -> bytes | None:
         """Read from the device at ``addr``; ``None`` when no device claims it."""
-        i = bisect_right(self._bases, addr) - 1
-        if i < 0 or addr + size > self._ends[i]:
+        bases, ends, devices = self._table
+        i = bisect_right(bases, addr) - 1
+        if i < 0 or addr + size > ends[i]:
             return None
         try:
-            return self._devices[i].read(addr - self._bases[i], size)
+            return devices[i].read(addr - bases[i], size)
         except Exception:
-            log.exception(
-                "%s: device %s failed a read at %#x", self.name, _name(self._devices[i]), addr
-            )
+            log.exception("%s: %s failed a read at %#x", self.name, _name(devices[i]), addr)
             return None
 
     def dispatch_write(self, addr: int, data: bytes) -> bool:
         """Write to the device at ``addr``; ``False`` when no device claims it."""
-        i = bisect_right(self._bases, addr) - 1
-        if i < 0 or addr + len(data) > self._ends[i]:
+        bases, ends, devices = self._table
+        i = bisect_right(bases, addr) - 1
+        if i < 0 or addr + len(data) > ends[i]:
             return False
         try:
-            self._devices[i].write(addr - self._bases[i], data)
+            devices[i].write(addr - bases[i], data)
         except Exception:
-            log.exception(
-                "%s: device %s failed a write at %#x", self.name, _name(self._devices[i]), addr
-            )
+            log.exception("%s: %s failed a write at %#x", self.name, _name(devices[i]), addr)
             return False
         return True
 

@@ -134,3 +134,36 @@ def test_random_insert_lookup_matches_model(inserts, probes):
         else:
             assert got is None
             assert bus.dispatch_read(addr, size) is None
+
+
+def test_concurrent_dispatch_while_remapping():
+    """A vCPU thread dispatching while another thread moves a device (a BAR remap)."""
+    import threading
+
+    bus = Bus("mmio")
+    fixed = Reg("fixed")
+    bus.insert(fixed, 0x1000, 0x10)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def vcpu() -> None:
+        while not stop.is_set():
+            if bus.dispatch_read(0x1004, 4) != b"\x04" * 4:
+                errors.append("fixed device lost")
+            got = bus.dispatch_read(0x2000, 1)
+            if got not in (None, b"\x00"):
+                errors.append(f"bad read {got!r}")
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    try:
+        moving = Reg("bar")
+        for _ in range(3000):
+            bus.insert(moving, 0x2000, 0x100)
+            bus.remove(0x2000)
+            bus.insert(moving, 0x800, 0x100)
+            bus.remove(0x800)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
