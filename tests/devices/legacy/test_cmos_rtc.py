@@ -196,3 +196,59 @@ def test_fuzz_never_raises(ops):
             r.dev.write(1, bytes([value]))
         else:
             assert len(r.dev.read(1, 1)) == 1
+
+
+class TickingClock:
+    """A host clock that moves on by ``step`` seconds every time it is read,
+    like a slow guest whose every port access takes that long."""
+
+    def __init__(self, t: float, step: float) -> None:
+        self.t = t
+        self.step = step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def linux_get_time(dev: CmosRtc) -> tuple[int, ...]:
+    """mc146818_avoid_UIP + mc146818_get_time's callback (Linux 6.1)."""
+
+    def get(index: int) -> int:
+        dev.write(0, bytes([index]))
+        return dev.read(1, 1)[0]
+
+    for _ in range(10000):
+        seconds = get(RTC_SECONDS)
+        if get(RTC_REG_A) & 0x80:
+            continue
+        if seconds != get(RTC_SECONDS):
+            continue
+        fields = (
+            seconds,
+            get(RTC_MINUTES),
+            get(RTC_HOURS),
+            get(RTC_DAY_OF_MONTH),
+            get(RTC_MONTH),
+            get(RTC_YEAR),
+            get(CMOS_CENTURY),
+        )
+        if get(RTC_REG_A) & 0x80:
+            continue
+        if seconds != get(RTC_SECONDS):
+            continue
+        return fields
+    raise AssertionError("UIP never cleared")
+
+
+NEW_YEAR = calendar.timegm((2026, 12, 31, 23, 59, 59))
+
+
+@given(st.floats(0.99, 1.0005), st.sampled_from([1e-6, 10e-6, 20e-6, 100e-6]))
+def test_linux_never_reads_a_torn_time(frac, step):
+    # Start just before the year rolls over: a torn read would mix years.
+    clock = TickingClock(NEW_YEAR + frac, step)
+    fields = linux_get_time(CmosRtc(clock))
+    old = (0x59, 0x59, 0x23, 0x31, 0x12, 0x26, 0x20)
+    new = (0x00, 0x00, 0x00, 0x01, 0x01, 0x27, 0x20)
+    assert fields in (old, new), fields
