@@ -161,8 +161,23 @@ class I8042:
 
     # -- host side ---------------------------------------------------------------
 
+    @property
+    def translating(self) -> bool:
+        """Whether the guest left set-2 -> set-1 translation on (command byte bit 6).
+
+        This model does not translate: when this is True the caller of
+        ``push_keyboard`` sends set-1 scan codes (what Linux's atkbd expects
+        then), else codes in ``scan_set``.
+        """
+        return bool(self._ctr & I8042_CTR_XLATE)
+
+    @property
+    def scan_set(self) -> int:
+        """The scan code set the guest selected on the keyboard (0xF0 command)."""
+        return self._scan_set
+
     def push_keyboard(self, scancodes: bytes) -> None:
-        """Queue bytes from the keyboard (scan codes, already in the guest's set)."""
+        """Queue bytes from the keyboard (see ``translating`` for which code set)."""
         if not self._kbd_enabled:
             return  # a disabled keyboard does not scan
         room = KBD_QUEUE_LIMIT - len(self._kbd_queue)

@@ -202,3 +202,12 @@ def test_fuzz_never_raises(ops):
         else:
             assert len(c.dev.read(off, 1)) == 1
     assert len(c.dev.save().kbd_queue) <= 256
+
+
+def test_translation_and_scan_set_visible_to_host(c):
+    assert c.dev.translating and c.dev.scan_set == 2
+    c.command(0x60, b"\x07")
+    assert not c.dev.translating
+    c.bus.write(I8042_DATA_PORT, b"\xf0")
+    c.bus.write(I8042_DATA_PORT, b"\x03")
+    assert c.dev.scan_set == 3
