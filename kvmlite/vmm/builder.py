@@ -47,9 +47,9 @@ class LockedDevice:
 
     __slots__ = ("device", "lock", "read", "write")
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, lock: threading.Lock | None = None) -> None:
         self.device = device
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
 
         def read(offset: int, size: int) -> bytes:
             with self.lock:
@@ -72,8 +72,9 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
     from kvmlite.arch.x86.boot import load_kernel
     from kvmlite.arch.x86.cpu import apply_boot_state
-    from kvmlite.arch.x86.cpuid import build_cpuid, parse_cpu_features
-    from kvmlite.arch.x86.msrs import boot_msrs
+    from kvmlite.arch.x86.cpufeatures import parse_cpu_features
+    from kvmlite.arch.x86.cpuid import apply_cpuid, build_cpuid, supported_from_kvm
+    from kvmlite.arch.x86.msrs import boot_msrs, filter_supported
     from kvmlite.backends.char import parse_console_spec
     from kvmlite.kvm import Kvm
 
@@ -95,7 +96,10 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
         machine = Machine(kvm, vm, memory, [], Bus(), Bus(), EventLoop())
         if console is None:
-            console = parse_console_spec(config.console)
+            console = parse_console_spec(
+                config.console,
+                on_quit=lambda: machine.request_exit(ExitReason.QUIT, message="quit from console"),
+            )
         undo.callback(console.close)
         machine.closers.append(console.close)
 
@@ -103,26 +107,20 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
         plan = load_kernel(memory, kernel, initrd, cmdline, num_vcpus=config.cpus, acpi=config.acpi)
 
-        supported = kvm.supported_cpuid()
-        msr_list = set(kvm.msr_index_list())
-        msrs = {k: v for k, v in boot_msrs().items() if k in msr_list}
+        supported = supported_from_kvm(kvm.supported_cpuid())
+        msrs = filter_supported(boot_msrs(), kvm.msr_index_list())
         for index in range(config.cpus):
             vcpu = vm.create_vcpu(index)
             machine.vcpus.append(vcpu)
             undo.callback(vcpu.close)
-            vcpu.set_cpuid2(
-                build_cpuid(
-                    supported,
-                    index,
-                    config.cpus,
-                    features,
-                    advertise_xsaveerptr=quirks.advertise_xsaveerptr,
-                )
-            )
+            entries = build_cpuid(supported, index, config.cpus, features)
+            if quirks.advertise_xsaveerptr:
+                entries = hostquirks.advertise_xsaveerptr(entries)
+            apply_cpuid(vcpu, entries)
             vcpu.set_msrs(msrs)
             _setup_lapic(vcpu)
             if index == 0:
-                apply_boot_state(vcpu, plan.cpu_state)
+                apply_boot_state(vcpu, plan.cpu_state())
         machine.devices["boot"] = plan
         machine.cmdline = cmdline
         undo.pop_all()
@@ -155,7 +153,7 @@ def _setup_lapic(vcpu: Any) -> None:
 
 def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> None:
     from kvmlite.devices.legacy.acpi_pm import AcpiPm
-    from kvmlite.devices.legacy.debug_exit import DEBUG_EXIT_PORT, DebugExit
+    from kvmlite.devices.legacy.debug_exit import DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, DebugExit
     from kvmlite.devices.legacy.i8042 import I8042
     from kvmlite.devices.legacy.rtc import CmosRtc
     from kvmlite.devices.legacy.serial import Serial16550
@@ -163,25 +161,38 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     vm, pio, loop = machine.vm, machine.pio_bus, machine.loop
     for n in range(config.serial_ports):
         base, irq = COM_PORTS[n]
-        out = console.write if n == 0 else (lambda data: None)
-        serial = Serial16550(KvmIrqLine(vm, irq), out)
+        if n == 0:
+            console_input = ConsoleInput(loop, console)
+            serial = Serial16550(KvmIrqLine(vm, irq), console.write, console_input.rx_room)
+        else:
+            serial = Serial16550(KvmIrqLine(vm, irq), lambda data: None)
         locked = LockedDevice(serial)
         pio.insert(locked, base, 8)
         machine.devices[f"serial{n}"] = serial
         if n == 0:
-            _wire_console_input(machine, console, serial, locked.lock)
+            console_input.attach(serial, locked.lock)
 
-    i8042 = I8042(reset=lambda: machine.request_exit(ExitReason.REBOOT, message="i8042 reset"))
-    pio.insert(LockedDevice(i8042), 0x60, 5)
+    i8042 = I8042(
+        reset=lambda: machine.request_exit(ExitReason.REBOOT, message="i8042 reset"),
+        kbd_irq=KvmIrqLine(vm, 1),
+        aux_irq=KvmIrqLine(vm, 12),
+    )
+    # Two one-byte devices: 0x61 (port B) belongs to the in-kernel PIT.
+    i8042_lock = threading.Lock()
+    pio.insert(LockedDevice(i8042.data_port, i8042_lock), 0x60, 1)
+    pio.insert(LockedDevice(i8042.command_port, i8042_lock), 0x64, 1)
     machine.devices["i8042"] = i8042
 
     rtc = CmosRtc()
-    rtc.set_memory_size(config.memory)
+    low = sum(r.size for r in machine.memory.regions if r.gpa < (1 << 32))
+    rtc.set_memory_size(low, config.memory - low)
     pio.insert(LockedDevice(rtc), 0x70, 2)
     machine.devices["rtc"] = rtc
 
     pio.insert(
-        DebugExit(lambda v: machine.request_exit(ExitReason.DEBUG_EXIT, v)), DEBUG_EXIT_PORT, 4
+        DebugExit(lambda v: machine.request_exit(ExitReason.DEBUG_EXIT, v)),
+        DEBUG_EXIT_PORT,
+        DEBUG_EXIT_SIZE,
     )
 
     pm = AcpiPm(
@@ -190,32 +201,68 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     )
     pio.insert(LockedDevice(pm), layout.PM1A_EVT_BLK, 12)
     machine.devices["acpi_pm"] = pm
-    del loop
 
 
-def _wire_console_input(machine: Machine, console: Any, serial: Any, lock: threading.Lock) -> None:
-    """Console input -> UART receive FIFO, keeping what does not fit for later."""
-    fd = console.fileno()
-    if fd is None:
-        return
-    loop = machine.loop
-    pending = bytearray()
+class _LockedSink:
+    """An input sink (UART) whose calls take the device's lock."""
 
-    def feed() -> None:
-        with lock:
-            taken = serial.enqueue_input(bytes(pending))
-        del pending[:taken]
-        if pending:
-            loop.call_later(0.005, feed)  # the guest has not drained its FIFO yet
+    def __init__(self, device: Any, lock: threading.Lock) -> None:
+        self.device = device
+        self.lock = lock
 
-    def on_readable() -> None:
-        data = console.read_available()
-        if not data:
-            loop.remove_reader(fd)  # EOF on the console input
-            return
-        was_empty = not pending
-        pending.extend(data)
-        if was_empty:
-            feed()
+    def enqueue_input(self, data: bytes) -> int:
+        with self.lock:
+            return self.device.enqueue_input(data)
 
-    loop.add_reader(fd, on_readable)
+    def wants_input(self) -> bool:
+        with self.lock:
+            return self.device.wants_input()
+
+
+class ConsoleInput:
+    """Console input -> the UART's receive FIFO, without losing a byte.
+
+    The backend's fd is watched only while the pump has room; the UART's
+    ``on_rx_room`` (the guest read RBR, on a vCPU thread) schedules the next
+    offer on the I/O loop. A console that epoll cannot watch (a regular
+    file or /dev/null as stdin) gives no input.
+    """
+
+    def __init__(self, loop: EventLoop, console: Any) -> None:
+        self.loop = loop
+        self.console = console
+        self.pump: Any = None
+        self.watching = False
+
+    def attach(self, serial: Any, lock: threading.Lock) -> None:
+        from kvmlite.backends.char.pump import InputPump
+
+        self.pump = InputPump(self.console, _LockedSink(serial, lock))
+        self._update_watch()
+
+    def rx_room(self) -> None:
+        """Called by the UART on a vCPU thread when its FIFO drains."""
+        if self.pump is not None and self.pump.pending:
+            self.loop.call_soon(self._offer)
+
+    def _offer(self) -> None:
+        self.pump.offer()
+        self._update_watch()
+
+    def _on_readable(self) -> None:
+        self.pump.on_readable()
+        self._update_watch()
+
+    def _update_watch(self) -> None:
+        fd = self.console.fileno()
+        want = fd is not None and self.pump.wants_read()
+        if want and not self.watching:
+            try:
+                self.loop.add_reader(fd, self._on_readable)
+            except PermissionError:  # not pollable: a regular file, /dev/null
+                log.debug("console input fd %d cannot be polled; no console input", fd)
+                return
+            self.watching = True
+        elif not want and self.watching:
+            self.loop.remove_reader(fd)
+            self.watching = False

@@ -41,3 +41,19 @@ def resolve(mode: str, module_path: Path = PVM_MODULE) -> HostQuirks:
     from kvmlite.guestimage.hostquirks import PVM_HOST_CMDLINE
 
     return HostQuirks(True, PVM_HOST_CMDLINE, advertise_xsaveerptr=True)
+
+
+#: CPUID 0x80000008 EBX bit 2: "FXSAVE/XRSTOR always save/restore the x87 error pointers".
+XSAVEERPTR_LEAF, XSAVEERPTR_BIT = 0x80000008, 2
+
+
+def advertise_xsaveerptr(entries: list) -> list:
+    """Set XSAVEERPTR in CPUID so Linux skips the AMD x87 pointer-leak work-around."""
+    import dataclasses
+
+    out = []
+    for e in entries:
+        if e.function == XSAVEERPTR_LEAF and e.index == 0:
+            e = dataclasses.replace(e, ebx=e.ebx | (1 << XSAVEERPTR_BIT))
+        out.append(e)
+    return out

@@ -65,7 +65,9 @@ class MachineExit:
     def status(self) -> int:
         """Process exit status for ``kvmlite run``."""
         if self.reason is ExitReason.DEBUG_EXIT:
-            return self.code & 0xFF
+            from kvmlite.devices.legacy.debug_exit import debug_exit_status
+
+            return debug_exit_status(self.code)
         return EXIT_STATUS[self.reason]
 
 

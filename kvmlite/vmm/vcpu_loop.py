@@ -103,11 +103,12 @@ def _classify(machine: Machine, vcpu: Any, ex: Any) -> tuple[str | None, int, st
             return "REBOOT", 0, "guest reset"
         return "CRASH", 0, f"guest crashed (system event {ex.type})"
     if isinstance(ex, kx.ShutdownExit):
-        # A triple fault. Linux's reboot=t path ends this way on purpose, but
-        # any other triple fault is a crash; with reboot=k (kvmlite's default
-        # command line) Linux resets through the i8042 instead.
+        # A triple fault. On a PC it resets the machine, and Linux's reboot=t
+        # path uses it on purpose; but with reboot=k (kvmlite's default
+        # command line) Linux resets through the i8042, so a triple fault is
+        # almost always a guest that died: report it as a crash, with registers.
         report = crash_report(vcpu, ex, machine.memory)
-        return "REBOOT", 0, f"vCPU {vcpu.index}: triple fault (shutdown)\n{report}"
+        return "CRASH", 0, f"vCPU {vcpu.index}: triple fault (shutdown)\n{report}"
     if isinstance(ex, kx.InternalErrorExit | kx.FailEntryExit):
         report = crash_report(vcpu, ex, machine.memory)
         return "CRASH", 0, f"vCPU {vcpu.index} stopped:\n{report}"
