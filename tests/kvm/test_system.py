@@ -66,3 +66,42 @@ def test_failed_ioctl_names_itself(kvm: Kvm) -> None:
         assert info.value.errno == errno.EEXIST
     finally:
         vm.close()
+
+
+def test_tss_and_identity_map_addresses(kvm: Kvm) -> None:
+    vm = kvm.create_vm()
+    try:
+        # 0xfffbd000 does not fit a C int: this goes through libc's ioctl.
+        vm.set_identity_map_addr(0xFFFBC000)
+        vm.set_tss_addr(0xFFFBD000)
+        vcpu = vm.create_vcpu(0)
+        with pytest.raises(KvmIoctlError, match="KVM_SET_IDENTITY_MAP_ADDR"):
+            vm.set_identity_map_addr(0xFFFBC000)  # only allowed before vCPUs exist
+        assert vcpu.index == 0
+    finally:
+        vm.close()
+
+
+def test_vcpu_close_with_a_live_exit_view(kvm: Kvm) -> None:
+    from kvmlite.memory import GuestMemory
+
+    vm = kvm.create_vm()
+    mem = GuestMemory.create(1 << 20)
+    try:
+        vm.set_user_memory_region(0, 0, mem.size, mem.regions[0].host_address())
+        mem.write(0x1000, bytes.fromhex("b041e6f8f4"))  # mov al,'A'; out 0xf8,al; hlt
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        sregs.cs.base, sregs.cs.selector = 0, 0
+        vcpu.set_sregs(sregs)
+        regs = vcpu.get_regs()
+        regs.rip, regs.rflags = 0x1000, 2
+        vcpu.set_regs(regs)
+        ex = vcpu.run()
+        assert bytes(ex.data) == b"A"  # type: ignore[union-attr]
+        vm.close()  # closes the vCPU while `ex.data` still views its kvm_run page
+        assert vcpu.fd == -1 and vm.fd == -1
+        del ex
+    finally:
+        vm.close()
+        mem.close()
