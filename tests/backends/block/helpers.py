@@ -24,7 +24,7 @@ def qemu_check(path: Path | str) -> tuple[int, dict[str, Any]]:
         report = json.loads(r.stdout) if r.stdout.strip() else {}
     except json.JSONDecodeError:
         report = {"raw": r.stdout, "stderr": r.stderr}
-    report.setdefault("stderr", r.stderr)
+    report.setdefault("stderr", r.stderr[:2000])
     return r.returncode, report
 
 

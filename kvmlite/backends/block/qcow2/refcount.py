@@ -181,7 +181,7 @@ class Refcounts:
     def _new_block(self, bidx: int, avoid: int = -1) -> array.array:
         """Create the refcount block ``bidx``; it is self-describing when it covers itself."""
         if bidx >= len(self.table):
-            self._grow_table(bidx)
+            self._grow_table(bidx, avoid)
             blk = self._load(bidx)
             if blk is not None:  # the grown area's own blocks may include this one
                 return blk
@@ -198,7 +198,7 @@ class Refcounts:
         self._blocks[bidx] = blk
         return blk
 
-    def _grow_table(self, bidx: int) -> None:
+    def _grow_table(self, bidx: int, avoid: int = -1) -> None:
         """Move the refcount table to a bigger area at the end of the file.
 
         The new area holds the new table and the refcount blocks that describe
@@ -210,6 +210,8 @@ class Refcounts:
         start = max(start, self.free_hint, self.floor, self._max_covered())
         if self.reserved:
             start = max(start, max(self.reserved) + 1)
+        # ``avoid`` is the cluster whose refcount is being raised right now.
+        start = max(start, avoid + 1)
         # The new area must lie in blocks that do not exist yet, so that the
         # blocks created here describe all of it.
         while start // self.per_block < len(self.table) and self.table[start // self.per_block]:
