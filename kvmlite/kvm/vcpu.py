@@ -33,6 +33,7 @@ from kvmlite.kvm._ioctl import KvmIoctlError, ioctl
 from kvmlite.kvm.structs import (
     KvmCpuid2,
     KvmCpuidEntry2,
+    KvmDebugregs,
     KvmFpu,
     KvmLapicState,
     KvmMpState,
@@ -209,6 +210,12 @@ class Vcpu:
 
     def set_vcpu_events(self, events: KvmVcpuEvents) -> None:
         ioctl(self.fd, nr.KVM_SET_VCPU_EVENTS, events)
+
+    def get_debugregs(self) -> KvmDebugregs:
+        return self._get(nr.KVM_GET_DEBUGREGS, KvmDebugregs)  # type: ignore[return-value]
+
+    def set_debugregs(self, debugregs: KvmDebugregs) -> None:
+        ioctl(self.fd, nr.KVM_SET_DEBUGREGS, debugregs)
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: a KVM_MP_STATE_* value."""

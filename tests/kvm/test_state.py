@@ -143,3 +143,32 @@ def test_pit2_round_trip(make_machine) -> None:
     m.vm.set_pit2(pit)
     got = m.vm.get_pit2().channels[2]
     assert (got.count, got.mode, got.rw_mode, got.gate) == (0x1234, 3, 3, 1)
+
+
+def test_debugregs_round_trip(machine) -> None:
+    dr = machine.vcpu.get_debugregs()
+    dr.db[0], dr.db[3] = 0x1000, 0x2000
+    dr.dr7 = 0x401  # L0 enabled (bit 10 is reserved-one)
+    machine.vcpu.set_debugregs(dr)
+    got = machine.vcpu.get_debugregs()
+    assert (got.db[0], got.db[3], got.dr7) == (0x1000, 0x2000, 0x401)
+
+
+# Real mode: mov eax,0x40000000; cpuid; hlt
+CPUID_HYPERVISOR_LEAF = bytes.fromhex("66b8000000400fa2f4")
+
+
+def test_set_cpuid2_is_what_the_guest_sees(kvm, machine) -> None:
+    from kvmlite.kvm import HltExit
+
+    entries = kvm.supported_cpuid()
+    leaf = next(e for e in entries if e.function == 0x40000000)
+    leaf.ebx, leaf.ecx, leaf.edx = (
+        int.from_bytes(part, "little") for part in (b"KVML", b"ITE!", b"TEST")
+    )
+    machine.vcpu.set_cpuid2(entries)
+    machine.load_real_mode(CPUID_HYPERVISOR_LEAF)
+    assert isinstance(machine.vcpu.run(), HltExit)
+    regs = machine.vcpu.get_regs()
+    signature = b"".join(r.to_bytes(4, "little") for r in (regs.rbx, regs.rcx, regs.rdx))
+    assert signature == b"KVMLITE!TEST"
