@@ -41,6 +41,8 @@ class KvmIoctlError(KvmError):
 
 def ioctl(fd: int, code: int, arg: Any = None, what: str = "") -> int:
     """ioctl(fd, code[, arg]) through fcntl; a ctypes ``arg`` is updated in place."""
+    if fd < 0:
+        raise KvmError(f"{_NAMES.get(code, hex(code))} on a closed KVM file descriptor")
     try:
         if arg is None:
             return fcntl.ioctl(fd, code)

@@ -110,7 +110,7 @@ def crash_report(vcpu: Vcpu, exit: exits.Exit, memory: _Memory | None = None) ->
     try:
         regs = vcpu.get_regs()
         sregs = vcpu.get_sregs()
-    except KvmliteError as e:
+    except Exception as e:  # a report must not fail while reporting
         lines.append(f"registers unavailable: {e}")
         return "\n".join(lines)
     long_mode = bool(sregs.efer & EFER_LMA and sregs.cs.l)
@@ -120,7 +120,7 @@ def crash_report(vcpu: Vcpu, exit: exits.Exit, memory: _Memory | None = None) ->
     if memory is not None:
         try:
             lines.append(_code_bytes(vcpu, linear, memory))
-        except KvmliteError as e:
+        except Exception as e:
             lines.append(f"code at RIP unavailable: {e}")
     names = "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15".split()
     for i in range(0, len(names), 4):
@@ -145,6 +145,6 @@ def crash_report(vcpu: Vcpu, exit: exits.Exit, memory: _Memory | None = None) ->
         if ev.exception.injected or ev.exception.pending:
             err = f" error code {ev.exception.error_code:#x}" if ev.exception.has_error_code else ""
             lines.append(f"pending exception: vector {ev.exception.nr}{err}")
-    except KvmliteError:
+    except Exception:
         pass
     return "\n".join(lines)

@@ -81,3 +81,12 @@ def test_unmapped_rip_is_reported(machine) -> None:
     machine.vcpu.set_regs(regs)
     report = crash_report(machine.vcpu, ShutdownExit(), machine.mem)
     assert "outside guest RAM" in report
+
+
+def test_report_of_a_closed_vcpu_does_not_raise(make_machine) -> None:
+    m = make_machine()
+    vcpu = m.vcpu
+    m.vm.close()
+    report = crash_report(vcpu, ShutdownExit(), m.mem)
+    assert "KVM_EXIT_SHUTDOWN" in report
+    assert "registers unavailable" in report and "closed" in report
