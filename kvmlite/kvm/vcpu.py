@@ -86,7 +86,7 @@ _HW = struct.Struct("=Q")
 # The formats above must describe the C layout the structs were tested against.
 assert _IO.size == ctypes.sizeof(_RunIo)
 assert _REASON_IO.size == _UNION + _IO.size
-assert _MMIO.size <= ctypes.sizeof(_RunMmio)
+assert (_RunMmio.len.offset, _RunMmio.is_write.offset, _MMIO.size) == (16, 20, 21)
 assert _FAIL_ENTRY.size <= ctypes.sizeof(_RunFailEntry)
 assert _RunInternal.data.offset == _INTERNAL_HDR.size
 assert _RunSystemEvent.flags.offset == 8
