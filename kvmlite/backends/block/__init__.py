@@ -56,15 +56,25 @@ def open_image(
         raise ImageError(f"{path}: not a qcow2 image (no qcow2 magic); use format=raw")
     if direct:
         raise ImageError(f"{path}: direct=on (O_DIRECT) is only supported for raw images")
+    if format is None:
+        _refuse_fake_qcow2(path)
+    return Qcow2Backend(path, read_only=read_only, _chain=_chain)
+
+
+def _refuse_fake_qcow2(path: str) -> None:
+    """A probed file with the qcow2 magic must have a valid header to be used as qcow2."""
+    from kvmlite.backends.block.qcow2.header import MAX_CLUSTER_BITS, parse_header
+
     try:
-        return Qcow2Backend(path, read_only=read_only, _chain=_chain)
+        with open(path, "rb") as fh:
+            head = fh.read(1 << MAX_CLUSTER_BITS)
+            size = os.fstat(fh.fileno()).st_size
+        parse_header(head, size, path)
     except ImageError as e:
-        if format is None:
-            raise ImageError(
-                f"{e}\n{path} starts with the qcow2 magic but is not a valid qcow2 image; "
-                "if it really is a raw disk, open it with format=raw"
-            ) from None
-        raise
+        raise ImageError(
+            f"{e}\n{path} starts with the qcow2 magic but is not a valid qcow2 image; "
+            "if it really is a raw disk, open it with format=raw"
+        ) from None
 
 
 __all__ = ["BlockBackend", "Extent", "RawBackend", "open_image", "probe_format"]
