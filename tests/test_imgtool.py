@@ -262,3 +262,16 @@ def test_register_adds_img_to_a_parser() -> None:
     imgtool.register(register_into)
     args = parser.parse_args(["img", "info", "--output=json", "x.qcow2"])
     assert args.command == "img" and args.img_command == "info" and args.output == "json"
+
+
+@pytest.mark.parametrize("opts", ["compression_type=zstd,cluster_size=512", "cluster_size=2M"])
+def test_convert_compressed_odd_size(tmp_path: Path, opts: str) -> None:
+    src = tmp_path / "s.raw"
+    src.write_bytes(b"abc" * 1_000_000)  # 3,000,000 bytes: not a whole sector
+    q = tmp_path / "z.qcow2"
+    assert img("convert", "-c", "-O", "qcow2", "-o", opts, str(src), str(q)) == 0
+    assert_qemu_clean(q)
+    qimg("compare", "-f", "qcow2", "-F", "raw", str(q), str(src))
+    report = json.loads(qimg("check", "--output=json", str(q)).stdout)
+    assert report["compressed-clusters"] >= 1
+    assert q.stat().st_size < 3_000_000 or "2M" in opts

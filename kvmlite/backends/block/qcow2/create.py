@@ -52,8 +52,7 @@ def create_qcow2(
         raise ImageError("compression_type=zstd needs version 3 (compat=1.1)")
     if size < 0 or size > hdr.MAX_VIRTUAL_SIZE:
         raise ImageError(f"size {size} is invalid")
-    if size % 512:
-        raise ImageError(f"size {size} must be a multiple of 512 bytes")
+    size = -(-size // 512) * 512  # qemu-img rounds up to whole sectors too
     cs = cluster_size
     l1_size = -(-size // (cs * (cs // 8)))
     if l1_size * 8 > hdr.MAX_L1_BYTES:

@@ -252,7 +252,7 @@ class Qcow2Writer:
         packed = compress(bytes(data) + bytes(cs - len(data)), self.header.compression_type)
         with self._lock:
             self._mark_dirty()
-            if len(packed) >= cs - 512:
+            if len(packed) >= cs:  # as QEMU: store it plain if it does not shrink
                 self._write_locked(offset, IoVec([data]))
                 return
             host = self._alloc_bytes(len(packed))
