@@ -96,7 +96,7 @@ class MockDriver:
         if data_size is None:  # the rest of the region the rings are in
             data_size = memory.region_of(self.desc_table).end - self.data_start
         self.data_end = self.data_start + data_size
-        if not memory.contains(self.desc_table, self.data_end - self.desc_table):
+        if data_size < 0 or not memory.contains(self.desc_table, self.data_end - self.desc_table):
             raise ValueError("MockDriver rings and data area do not fit in the guest memory")
         memory.fill(self.desc_table, self.data_start - self.desc_table)
         self._data_next = self.data_start
