@@ -61,7 +61,8 @@ def test_blob_placement(tables):
     fadt = next(p for p in ptrs if mem.read(p, 4) == b"FACP")
     x_dsdt = mem.read_int(fadt + 140, 8)
     assert mem.read(x_dsdt, 4) == b"DSDT" and mem.read_int(fadt + 40, 4) == x_dsdt
-    facs = mem.read_int(fadt + 132, 8)
+    assert mem.read_int(fadt + 132, 8) == 0  # X_FIRMWARE_CTRL: the 32-bit pointer is used
+    facs = mem.read_int(fadt + 36, 4)
     assert facs % 64 == 0 and mem.read(facs, 4) == b"FACS"
     end = max(tables.addresses.values()) + 36
     assert end <= layout.ACPI_ADDR + layout.ACPI_MAX_SIZE

@@ -129,7 +129,9 @@ def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     put(109, "<H", IAPC_LEGACY_DEVICES | IAPC_8042)
     put(112, "<I", FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON)
     put(131, "<B", FADT_MINOR)
-    put(132, "<QQ", facs_addr, dsdt_addr)  # X_FIRMWARE_CTRL, X_DSDT
+    # X_FIRMWARE_CTRL stays 0: the FACS is below 4 GiB, and with both set Linux
+    # installs the FACS twice. X_DSDT duplicates DSDT, as §5.2.9 allows.
+    put(140, "<Q", dsdt_addr)
     put(148, "<12s", gas_io(layout.PM1A_EVT_BLK, layout.PM1A_EVT_LEN))
     put(172, "<12s", gas_io(layout.PM1A_CNT_BLK, layout.PM1A_CNT_LEN))
     put(208, "<12s", gas_io(layout.PM_TMR_BLK, layout.PM_TMR_LEN))
