@@ -16,7 +16,10 @@ lives below 1 MiB, where PC firmware keeps its data, so the kernel (loaded at
                  0xE0000..0xFFFFF for "RSD PTR ")
     0x000F_0000  MP floating pointer + MP table (Linux     MPTABLE_ADDR
                  scans 0xF0000..0xFFFFF for "_MP_")
-    0x0010_0000  kernel (protected-mode part / ELF)        KERNEL_LOAD_ADDR
+    0x0010_0000  bzImage protected-mode part, or at its    KERNEL_LOAD_ADDR
+                 pref_address (16 MiB) when relocatable;
+                 an ELF vmlinux goes to its p_paddr (>= 1 MiB)
+    ...          initrd: page-aligned, as high as allowed below the top of low RAM
     ...          RAM up to min(size, PCI_HOLE_START)
     0xC000_0000  32-bit MMIO hole: PCI BARs                PCI_HOLE_START
     0xFEC0_0000  IOAPIC                                    IOAPIC_ADDR
