@@ -111,6 +111,10 @@ class Vcpu:
             _ioctl(self.fd, _KVM_RUN)
         except InterruptedError:
             return exits.INTR
+        except BlockingIOError:
+            # EAGAIN: an AP blocked in KVM_MP_STATE_UNINITIALIZED was woken
+            # (INIT/SIPI arrived); KVM expects KVM_RUN again, as after EINTR.
+            return exits.INTR
         except OSError as e:
             raise KvmIoctlError(_KVM_RUN, e.errno or 0) from e
         # The io fields are only meaningful when reason is KVM_EXIT_IO.

@@ -21,6 +21,7 @@ from kvmlite.memory import GuestMemory
 from kvmlite.vmm import hostquirks
 from kvmlite.vmm.config import VmConfig
 from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.vmm.gsi import GsiRouter
 from kvmlite.vmm.irq import KvmIrqLine
 from kvmlite.vmm.machine import ExitReason, Machine
 
@@ -91,10 +92,13 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
         vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         vm.create_irqchip()
         vm.create_pit2()
+        gsi_router = GsiRouter(vm)
+        gsi_router.commit()
         for slot, region in enumerate(memory.regions):
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address())
 
         machine = Machine(kvm, vm, memory, [], Bus(), Bus(), EventLoop())
+        machine.devices["gsi"] = gsi_router
         if console is None:
             console = parse_console_spec(
                 config.console,
