@@ -6,8 +6,10 @@ the kernel command line: ``cmdline_fragment(base, size, irq)`` gives
 ``virtio_mmio.device=4K@0xd0000000:5``.
 
 Interrupts: any queue or config interrupt sets a bit in InterruptStatus and
-raises the line; the driver acknowledges through InterruptACK, and the line
-drops when no bit is left. QueueNotify writes (or an ioeventfd at
+raises the line, lowering it first if it was already high so that each
+interrupt is a new rising edge (the pin may be edge- or level-triggered); the
+driver acknowledges through InterruptACK, and the line drops when no bit is
+left. QueueNotify writes (or an ioeventfd at
 ``base + VIRTIO_MMIO_QUEUE_NOTIFY`` with datamatch on the queue index, since
 all queues share the register) kick the queue.
 """
@@ -102,7 +104,13 @@ class VirtioMmioDevice:
 
     def _raise(self, bit: int) -> None:
         with self._lock:
+            was_pending = self.interrupt_status
             self.interrupt_status |= bit
+            if was_pending:
+                # A fresh rising edge for every interrupt: on an edge-triggered
+                # pin (ISA IRQs default to edge) a line that merely stays high
+                # would lose an interrupt raised while the driver's handler runs.
+                self.irq.set_level(False)
             self.irq.set_level(True)
 
     def _ack(self, bits: int) -> None:

@@ -123,3 +123,15 @@ def test_state_round_trip() -> None:
     q.add_chain([], [8])
     wr(dev2, 0x050, 0)
     assert [u.length for u in q.get_used()] == [8]
+
+
+def test_each_interrupt_is_a_new_edge() -> None:
+    mem = bytearray_memory(1 << 20)
+    irq = RecordingInterrupt()
+    dev = VirtioMmioDevice(VirtioRng(), mem, irq)
+    q = MockDriver(mem, 16)
+    bring_up(dev, q, features=1 << VIRTIO_F_VERSION_1)
+    for _ in range(2):  # second completion arrives before the driver acknowledges
+        q.add_chain([], [4])
+        wr(dev, 0x050, 0)
+    assert irq.count == 2 and irq.levels[-3:] == [True, False, True]
