@@ -61,6 +61,12 @@ class HostFile:
             done += os.pwritev(self.fd, _skip(bufs, done), offset + done)
         self.length = max(self.length, offset + total)
 
+    def extend(self, length: int) -> None:
+        """Grow the file to ``length`` bytes (a hole: reads as zeros)."""
+        if length > self.length:
+            os.ftruncate(self.fd, length)
+            self.length = length
+
     def sync(self) -> None:
         os.fdatasync(self.fd)
 

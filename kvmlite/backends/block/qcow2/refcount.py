@@ -26,6 +26,7 @@ Theory of operation (crash safety; see docs/qcow2.md):
 from __future__ import annotations
 
 import array
+import os
 import struct
 import sys
 from collections import OrderedDict
@@ -35,7 +36,7 @@ from kvmlite.backends.block.qcow2.hostfile import HostFile
 from kvmlite.errors import ImageError
 
 _TYPECODES = {3: "B", 4: "H", 5: "I", 6: "Q"}
-RESERVE_BYTES = 1 << 20  # how much to reserve per fdatasync barrier
+RESERVE_BYTES = 4 << 20  # how much to reserve per fdatasync barrier
 BLOCK_CACHE = 64  # refcount blocks kept decoded
 
 
@@ -70,6 +71,7 @@ class Refcounts:
         raw = f.pread(table_offset, table_clusters * self.cs, "refcount table")
         self.table = _be_u64_array(raw)
         self._blocks: OrderedDict[int, array.array] = OrderedDict()
+        self._dirty: dict[int, array.array] = {}
         self.free_hint = 0
         self.reserved: list[int] = []  # cluster indices with refcount 1, not yet used
         self.pending_free: list[tuple[int, int]] = []  # (byte offset, length)
@@ -89,6 +91,10 @@ class Refcounts:
         blk = self._blocks.get(bidx)
         if blk is not None:
             self._blocks.move_to_end(bidx)
+            return blk
+        blk = self._dirty.get(bidx)  # evicted but not yet written: the newest copy
+        if blk is not None:
+            self._blocks[bidx] = blk
             return blk
         off = self._block_offset(bidx)
         if not off:
@@ -121,8 +127,12 @@ class Refcounts:
 
     # -- update -------------------------------------------------------------
 
-    def update(self, cluster: int, delta: int) -> None:
-        """Add ``delta`` to a cluster's refcount and write the entry through."""
+    def update(self, cluster: int, delta: int, write: bool = True) -> None:
+        """Add ``delta`` to a cluster's refcount and write the entry through.
+
+        ``write=False`` only marks the block dirty; ``write_dirty`` then writes
+        each such block whole (one pwrite instead of one per entry).
+        """
         bidx, idx = divmod(cluster, self.per_block)
         blk = self._load(bidx)
         if blk is None:
@@ -141,7 +151,10 @@ class Refcounts:
                 f"(refcount_bits={self.bits}); convert the image with wider refcounts"
             )
         blk[idx] = value
-        self._write_entry(bidx, idx, blk)
+        if write:
+            self._write_entry(bidx, idx, blk)
+        else:
+            self._dirty[bidx] = blk
         if value == 0 and cluster < self.free_hint:
             self.free_hint = cluster
 
@@ -307,24 +320,43 @@ class Refcounts:
 
     def _reserve_batch(self) -> int:
         """Take a batch of free clusters with one barrier; return the first, keep the rest."""
-        count = max(1, RESERVE_BYTES // self.cs)
+        # Small clusters have small refcount blocks; a batch of at most half a
+        # block keeps the blocks created on the way from spreading far ahead.
+        count = max(1, min(RESERVE_BYTES // self.cs, self.per_block // 2))
         first = self._find_free(1)
         got: list[int] = []
         for c in range(first, first + count):
             # A refcount block created on the way may have taken a cluster of the run.
             if self.get(c) == 0:
-                self.update(c, 1)
+                self.update(c, 1, write=False)
                 got.append(c)
+        self.write_dirty()
         self._barrier()
         self.free_hint = first + count
         got.reverse()
         self.reserved.extend(got[:-1])
         return got[-1]
 
+    def write_dirty(self) -> None:
+        """Write the blocks changed with ``update(write=False)``."""
+        dirty, self._dirty = self._dirty, {}
+        for bidx, blk in dirty.items():
+            self.f.pwrite(self._block_offset(bidx), self._encode(blk))
+
     def release_reserved(self) -> None:
         """Give back reserved but unused clusters (clean close)."""
         while self.reserved:
             self.update(self.reserved.pop(), -1)
+
+    def trim_tail(self) -> None:
+        """Cut unused clusters off the end of the file (after release_reserved)."""
+        end = -(-self.f.length // self.cs)
+        c = end
+        while c > 1 and end - c < 4 * self.per_block and self.get(c - 1) == 0:
+            c -= 1
+        if c < end:
+            os.ftruncate(self.f.fd, c * self.cs)
+            self.f.length = c * self.cs
 
     def free(self, offset: int, length: int) -> None:
         """Queue the clusters touching ``[offset, offset+length)`` to lose one reference.

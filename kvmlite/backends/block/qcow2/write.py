@@ -108,16 +108,24 @@ class Qcow2Writer:
         n = sum(v.nbytes for v in src)
         kind, old = self.codec.classify(entry)
         copied = False
+        l2off, l2i = self._l2_for_write(vc)
+        new = self.refcounts.alloc()
+        fresh = new >= self.f.length  # past EOF: the file reads as zeros there
         if inoff == 0 and n == cs:
             data: list[memoryview] = src
+        elif fresh and not self._has_old_content(kind):
+            # Nothing to copy and nothing stale to hide: write only the new bytes
+            # and extend the file over the rest of the cluster.
+            self.f.pwritev(new + inoff, src)
+            self.f.extend(new + cs)
+            self.l2.set(l2off, l2i, new | OFLAG_COPIED)
+            self._free_entry(kind, old, entry)
+            return
         else:
             buf = bytearray(cs)
             base = vc * cs
             valid = min(cs, self.size - base)
-            needs_old = kind in (NORMAL, COMPRESSED) or (
-                kind == UNALLOCATED and self.backing is not None
-            )
-            if needs_old:
+            if self._has_old_content(kind):
                 self._read_into(base, IoVec([memoryview(buf)]), 0, valid)
                 copied = True
             pos = inoff
@@ -125,13 +133,14 @@ class Qcow2Writer:
                 buf[pos : pos + v.nbytes] = v
                 pos += v.nbytes
             data = [memoryview(buf)]
-        l2off, l2i = self._l2_for_write(vc)
-        new = self.refcounts.alloc()
         self.f.pwritev(new, data)
         if copied:
             self._barrier()
         self.l2.set(l2off, l2i, new | OFLAG_COPIED)
         self._free_entry(kind, old, entry)
+
+    def _has_old_content(self: Qcow2Backend, kind: int) -> bool:
+        return kind in (NORMAL, COMPRESSED) or (kind == UNALLOCATED and self.backing is not None)
 
     def _free_entry(self: Qcow2Backend, kind: int, host: int, entry: int) -> None:
         if kind in (NORMAL, ZERO_ALLOC):
@@ -343,6 +352,7 @@ class Qcow2Writer:
         self.f.sync()
         self.refcounts.apply_frees()
         self.refcounts.release_reserved()
+        self.refcounts.trim_tail()
         self.f.sync()
         if self._dirty_marked:
             self.header.incompatible_features &= ~hdr.INCOMPAT_DIRTY
