@@ -71,6 +71,8 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         self.backing: BlockBackend | None = None
         self._closed = False
         self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0  # requests doing data I/O outside the lock
         fd = open_fd(path, self.read_only)
         try:
             self._open(fd, snapshot, open_backing, l2_cache_size, _chain)
@@ -261,15 +263,55 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
     def readv(self, offset: int, bufs: Sequence[memoryview]) -> int:
         iov = IoVec(bufs)
         self._check_range(offset, iov.total)
+        deferred: list[tuple[int, list[memoryview]]] = []
         with self._lock:
-            self._read_into(offset, iov, 0, iov.total)
+            self._read_into(offset, iov, 0, iov.total, deferred)
+            if deferred:
+                self._inflight += 1
+        if deferred:
+            self._data_io(deferred, write=False)
         return iov.total
 
-    def _read_into(self, offset: int, iov: IoVec, pos: int, length: int) -> None:
+    def _data_io(self, ops: list[tuple[int, list[memoryview]]], write: bool) -> None:
+        """Data transfers outside the lock, so I/O threads overlap (preadv drops the GIL).
+
+        Safe because a cluster a request has mapped cannot be reused before the
+        request ends: frees are deferred to ``_apply_frees``, which waits for
+        in-flight requests to drain.
+        """
+        try:
+            for host, views in ops:
+                if write:
+                    self.f.pwritev(host, views)
+                else:
+                    self.f.preadv(host, views, "data cluster")
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.notify_all()
+
+    def _apply_frees(self) -> None:
+        """Sync, wait for in-flight data I/O, then drop the refcounts of freed clusters."""
+        self.f.sync()
+        self._idle.wait_for(lambda: self._inflight == 0)
+        self.refcounts.apply_frees()
+
+    def _read_into(
+        self,
+        offset: int,
+        iov: IoVec,
+        pos: int,
+        length: int,
+        deferred: list[tuple[int, list[memoryview]]] | None = None,
+    ) -> None:
         for goff, n, kind, host, entry in self._runs(offset, length):
             dst = iov.slice(pos + goff - offset, n)
             if kind == NORMAL:
-                self.f.preadv(host, dst, "data cluster")
+                if deferred is not None and host + n <= self.f.length:
+                    deferred.append((host, dst))
+                else:
+                    self.f.preadv(host, dst, "data cluster")
             elif kind == UNALLOCATED and self.backing is not None:
                 self._read_backing(goff, dst, n)
             elif kind == COMPRESSED:

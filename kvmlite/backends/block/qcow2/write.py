@@ -50,16 +50,35 @@ class Qcow2Writer:
         self._check_writable()
         iov = IoVec(bufs)
         self._check_range(offset, iov.total)
+        deferred: list[tuple[int, list[memoryview]]] = []
         with self._lock:
             self._mark_dirty()
-            self._write_locked(offset, iov)
+            self._write_locked(offset, iov, deferred)
             self._maybe_apply_frees()
+            if deferred:
+                self._inflight += 1
+        if deferred:
+            self._data_io(deferred, write=True)
         return iov.total
 
-    def _write_locked(self: Qcow2Backend, offset: int, iov: IoVec) -> None:
+    def _write_locked(
+        self: Qcow2Backend,
+        offset: int,
+        iov: IoVec,
+        deferred: list[tuple[int, list[memoryview]]] | None = None,
+    ) -> None:
+        """Write under the lock; in-place runs go to ``deferred`` when given."""
         cs = self.cs
         pos = 0
         run_host = run_pos = run_len = 0
+
+        def flush_run() -> None:
+            views = iov.slice(run_pos, run_len)
+            if deferred is not None:
+                deferred.append((run_host, views))
+            else:
+                self.f.pwritev(run_host, views)
+
         while pos < iov.total:
             vc, inoff = divmod(offset + pos, cs)
             n = min(cs - inoff, iov.total - pos)
@@ -71,16 +90,16 @@ class Qcow2Writer:
                     run_len += n
                 else:
                     if run_len:
-                        self.f.pwritev(run_host, iov.slice(run_pos, run_len))
+                        flush_run()
                     run_host, run_pos, run_len = host + inoff, pos, n
             else:
                 if run_len:
-                    self.f.pwritev(run_host, iov.slice(run_pos, run_len))
+                    flush_run()
                     run_len = 0
                 self._cow_write(vc, inoff, iov.slice(pos, n), entry)
             pos += n
         if run_len:
-            self.f.pwritev(run_host, iov.slice(run_pos, run_len))
+            flush_run()
 
     def _check_data_target(self: Qcow2Backend, host: int) -> None:
         """Refuse an in-place write that would land on metadata or outside the file."""
@@ -306,8 +325,7 @@ class Qcow2Writer:
                 self._grow_l1(needed)
             self.size = self.header.size = new_size
             self._write_header()
-            self.f.sync()
-            self.refcounts.apply_frees()
+            self._apply_frees()
 
     def _grow_l1(self: Qcow2Backend, entries: int) -> None:
         if entries * 8 > hdr.MAX_L1_BYTES:
@@ -338,19 +356,16 @@ class Qcow2Writer:
 
     def _maybe_apply_frees(self: Qcow2Backend) -> None:
         if len(self.refcounts.pending_free) > MAX_PENDING_FREES:
-            self.f.sync()
-            self.refcounts.apply_frees()
+            self._apply_frees()
 
     def flush(self: Qcow2Backend) -> None:
         if self.read_only:
             return
         with self._lock:
-            self.f.sync()
-            self.refcounts.apply_frees()
+            self._apply_frees()
 
     def _close_writer(self: Qcow2Backend) -> None:
-        self.f.sync()
-        self.refcounts.apply_frees()
+        self._apply_frees()
         self.refcounts.release_reserved()
         self.refcounts.trim_tail()
         self.f.sync()
