@@ -2,7 +2,8 @@
 
 A small qemu-img (QEMU docs/tools/qemu-img.rst) for raw and qcow2, with the
 same sub-commands, options, ``--output=json`` shapes and check exit codes
-(0 clean, 1 check not completed, 2 corruptions, 3 leaks only). Runs as
+(0 clean, 1 check not completed, 2 corruptions, 3 leaks only;
+compare: 0 identical, 1 different, 2 error). Runs as
 ``kvmlite img ...`` (``register``) or ``python -m kvmlite.imgtool ...``.
 The work itself lives in kvmlite/backends/block/imgops.py.
 """
@@ -150,6 +151,17 @@ def cmd_map(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    at = imgops.compare(a.image1, a.image2, a.format, a.format2, strict=a.strict)
+    if at is None:
+        if not a.quiet:
+            print("Images are identical.")
+        return 0
+    if not a.quiet:
+        print(f"Content mismatch at offset {at}!")
+    return 1
+
+
 def cmd_resize(a: argparse.Namespace) -> int:
     imgops.resize(a.filename, a.format, a.size, a.shrink)
     if not a.quiet:
@@ -220,6 +232,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("compare", help="compare the contents of two images")
+    _add_common(p)
+    p.add_argument("-F", dest="format2", choices=FORMATS, help="format of the second image")
+    p.add_argument("-s", dest="strict", action="store_true", help="sizes must match too")
+    p.add_argument("image1")
+    p.add_argument("image2")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("map", help="show where the image's data lives")
     _add_common(p)
     p.add_argument("--output", choices=("human", "json"), default="human")
@@ -257,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
         return int(args.func(args))
     except KvmliteError as e:
         print(f"kvmlite img: {e}", file=sys.stderr)
-        return 1
+        # qemu-img compare reports errors as 2 (1 means "different")
+        return 2 if getattr(args, "img_command", None) == "compare" else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,24 @@ def test_convert_compressed_odd_size(tmp_path: Path, opts: str) -> None:
     report = json.loads(qimg("check", "--output=json", str(q)).stdout)
     assert report["compressed-clusters"] >= 1
     assert q.stat().st_size < 3_000_000 or "2M" in opts
+
+
+def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = tmp_path / "a.qcow2"
+    qimg("create", "-f", "qcow2", str(a), "4M")
+    subprocess.run(["qemu-io", "-c", "write -P 5 1M 4k", str(a)], capture_output=True, check=True)
+    b = tmp_path / "b.raw"
+    b.write_bytes(bytes(1 << 20) + b"\x05" * 4096 + bytes(3 * MiB - 4096))
+    assert img("compare", "-F", "raw", str(a), str(b)) == 0
+    assert "identical" in capsys.readouterr().out
+    with open(b, "r+b") as f:
+        f.seek(3 * MiB + 17)
+        f.write(b"\x01")
+    assert img("compare", "-F", "raw", str(a), str(b)) == 1
+    assert f"Content mismatch at offset {3 * MiB + 17}!" in capsys.readouterr().out
+    assert qimg("compare", "-F", "raw", str(a), str(b), check=False).returncode == 1
+    longer = tmp_path / "c.raw"
+    longer.write_bytes(b.read_bytes() + bytes(MiB))
+    assert img("compare", "-f", "raw", "-F", "raw", str(b), str(longer)) == 0
+    assert img("compare", "-s", "-f", "raw", "-F", "raw", str(b), str(longer)) == 1
+    assert img("compare", str(a), str(tmp_path / "missing")) == 2

@@ -345,3 +345,30 @@ def repair_image(path: str, what: str) -> tuple[Any, Any]:
     with Qcow2Backend(path, read_only=True, open_backing=False) as q:
         after = check(q)
     return fixed, after
+
+
+def compare(
+    a_path: str, b_path: str, a_fmt: str | None, b_fmt: str | None, strict: bool = False
+) -> int | None:
+    """``qemu-img compare``: None if the guest-visible contents match, else the first
+    differing offset. Without ``strict`` a size difference is fine when the extra
+    part of the larger image reads as zeros."""
+    with open_image(a_path, a_fmt, read_only=True) as a, open_image(b_path, b_fmt, True) as b:
+        if strict and a.size != b.size:
+            return min(a.size, b.size)
+        common = min(a.size, b.size)
+        pos = 0
+        while pos < common:
+            n = min(CHUNK, common - pos)
+            x, y = a.read(pos, n), b.read(pos, n)
+            if x != y:
+                return pos + next(i for i in range(n) if x[i] != y[i])
+            pos += n
+        longer = a if a.size > b.size else b
+        while pos < longer.size:
+            n = min(CHUNK, longer.size - pos)
+            x = longer.read(pos, n)
+            if not _is_zero(x):
+                return pos + next(i for i in range(n) if x[i])
+            pos += n
+    return None
