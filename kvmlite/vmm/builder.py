@@ -17,7 +17,7 @@ from typing import Any
 from kvmlite.arch.x86 import layout
 from kvmlite.bus import Bus
 from kvmlite.errors import ConfigError
-from kvmlite.memory import GuestMemory
+from kvmlite.memory import PCI_HOLE_START, GuestMemory
 from kvmlite.vmm import hostquirks
 from kvmlite.vmm.config import VmConfig
 from kvmlite.vmm.eventloop import EventLoop
@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 # QEMU puts them too, inside the 32-bit hole and never in RAM.
 TSS_ADDR = 0xFFFBD000
 IDENTITY_MAP_ADDR = 0xFFFBC000
+
+#: ECAM for PCI bus 0 at the bottom of the 32-bit hole; BARs go above it, up
+#: to the IOAPIC (the firmware tables describe the same window).
+ECAM_BASE = PCI_HOLE_START
+PCI_BAR_WINDOW = (
+    PCI_HOLE_START + (1 << 20),
+    layout.PCI_MMIO32_END + 1 - PCI_HOLE_START - (1 << 20),
+)
 
 #: (base port, IRQ) of COM1..COM4.
 COM_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -71,6 +79,7 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
     kernel, initrd, cmdline = _kernel_and_cmdline(config)
     cmdline = config.full_cmdline(quirks.cmdline) if not cmdline else cmdline
 
+    from kvmlite.arch.x86.acpi.tables import Ecam
     from kvmlite.arch.x86.boot import load_kernel
     from kvmlite.arch.x86.cpu import apply_boot_state
     from kvmlite.arch.x86.cpufeatures import parse_cpu_features
@@ -108,8 +117,22 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
         machine.closers.append(console.close)
 
         _add_legacy_devices(machine, config, console)
+        pci = _add_pci(machine)
+        pci.allocate_bars(mmio32=PCI_BAR_WINDOW)
+        pci.connect_intx(lambda gsi: KvmIrqLine(vm, gsi))
+        # The firmware tables want pins 0..3 (INTA..INTD); PciRoot counts from 1.
+        pci_routes = [(r.slot, r.pin - 1, r.gsi) for r in pci.interrupt_routes()]
 
-        plan = load_kernel(memory, kernel, initrd, cmdline, num_vcpus=config.cpus, acpi=config.acpi)
+        plan = load_kernel(
+            memory,
+            kernel,
+            initrd,
+            cmdline,
+            num_vcpus=config.cpus,
+            acpi=config.acpi,
+            pci_routes=pci_routes,
+            ecam=Ecam(ECAM_BASE, last_bus=0),
+        )
 
         supported = supported_from_kvm(kvm.supported_cpuid())
         msrs = filter_supported(boot_msrs(), kvm.msr_index_list())
@@ -129,6 +152,21 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
         machine.cmdline = cmdline
         undo.pop_all()
     return machine
+
+
+def _add_pci(machine: Machine) -> Any:
+    """PCI bus 0: config mechanism #1 at 0xCF8 and ECAM (MCFG) for bus 0."""
+    from kvmlite.devices.pci.root import ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciRoot
+
+    pci = PciRoot()
+    pci.reset_handler = lambda: machine.request_exit(ExitReason.REBOOT, message="0xCF9 reset")
+    lock = threading.Lock()  # CONFIG_ADDRESS is shared by every vCPU
+    machine.pio_bus.insert(
+        LockedDevice(pci.config_io, lock), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE
+    )
+    machine.mmio_bus.insert(LockedDevice(pci.ecam, lock), ECAM_BASE, ECAM_SIZE)
+    machine.devices["pci"] = pci
+    return pci
 
 
 def _kernel_and_cmdline(config: VmConfig) -> tuple[Path, Path | None, str]:
