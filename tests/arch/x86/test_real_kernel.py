@@ -59,6 +59,7 @@ def early_boot(kernel, initrd, cmdline: str, until: list[bytes], timeout: float)
     vm = kvm.create_vm()
     vm.set_tss_addr(0xFFFBD000)
     vm.create_irqchip()
+    vm.create_pit2()
     mem = GuestMemory.create(64 * MIB)
     r = mem.regions[0]
     vm.set_user_memory_region(0, 0, r.size, r.host_address(), 0)
@@ -94,16 +95,54 @@ def early_boot(kernel, initrd, cmdline: str, until: list[bytes], timeout: float)
 
 @pytest.mark.kvm
 def test_pvh_early_boot_reads_our_tables(guest):
+    """The kernel's own log of the boot data: e820, cmdline, initrd, MP table, ACPI, MADT."""
     from kvmlite.guestimage import guest_cmdline
 
     cmdline = guest_cmdline("earlyprintk=serial,ttyS0 kvmlite_marker=1")
-    until = [b"ACPI: APIC", b"RAMDISK"]
+    until = [b"hotplug CPUs"]
     log = early_boot(guest.vmlinux, guest.initrd, cmdline, until, timeout=120)
     text = log.decode(errors="replace")
-    assert "Linux version" in text, text
-    assert "kvmlite_marker=1" in text  # the command line reached the kernel
-    assert "BIOS-e820: [mem 0x0000000000100000-0x0000000003ffffff] usable" in text, text
-    assert "ACPI: RSDP 0x00000000000E0000" in text, text
+    expected = [
+        "Linux version",
+        "kvmlite_marker=1",  # the command line reached the kernel
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x0000000003ffffff] usable",
+        "RAMDISK: [mem",
+        "found SMP MP-table at [mem 0x000f0000-0x000f000f]",
+        "ACPI: RSDP 0x00000000000E0000 000024 (v02 KVMLTE)",
+        "ACPI: PM-Timer IO Port: 0x608",
+        "ACPI: LAPIC_NMI (acpi_id[0xff] dfl dfl lint[0x1])",
+        "IOAPIC[0]: apic_id 1, version 17, address 0xfec00000, GSI 0-23",
+        "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)",
+        "ACPI: INT_SRC_OVR (bus 0 bus_irq 9 global_irq 9 high level)",
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smpboot: Allowing 1 CPUs, 0 hotplug CPUs",
+    ]
+    for line in expected:
+        assert line in text, f"{line!r} missing from:\n{text}"
     for sig in ("XSDT", "FACP", "DSDT", "FACS", "APIC"):
-        assert f"ACPI: {sig} 0x" in text, sig
-    assert "RAMDISK: [mem" in text, text
+        assert text.count(f"ACPI: {sig} 0x") == 1, sig
+
+
+@pytest.mark.kvm
+def test_bzimage_early_boot(guest):
+    """The 64-bit boot protocol: the decompressor runs, then the kernel reads our zero page."""
+    from kvmlite.guestimage import guest_cmdline
+
+    cmdline = guest_cmdline("earlyprintk=serial,ttyS0 kvmlite_marker=2")
+    log = early_boot(
+        guest.bzimage,
+        guest.initrd,
+        cmdline,
+        [b"ACPI: RSDP 0x00000000000E0000 000024 (v02 KVMLTE)"],
+        timeout=240,
+    )
+    text = log.decode(errors="replace")
+    for line in (
+        "kvmlite_marker=2",
+        "BIOS-e820: [mem 0x0000000000100000-0x0000000003ffffff] usable",
+        "RAMDISK: [mem",
+        "ACPI: RSDP 0x00000000000E0000",
+    ):
+        assert line in text, f"{line!r} missing from:\n{text}"
