@@ -49,7 +49,9 @@ def test_real_bzimage_header(guest):
     mem.close()
 
 
-def early_boot(kernel, initrd, cmdline: str, until: list[bytes], timeout: float) -> bytes:
+def early_boot(
+    kernel, initrd, cmdline: str, until: list[bytes], timeout: float, acpi: bool = True
+) -> bytes:
     """Boot on one vCPU with an in-kernel irqchip; a minimal 16550 (THR/LSR) on COM1."""
     from kvmlite.kvm import IoExit, Kvm, MmioExit
 
@@ -67,7 +69,7 @@ def early_boot(kernel, initrd, cmdline: str, until: list[bytes], timeout: float)
     apply_cpuid(vcpu, build_cpuid(supported_from_kvm(kvm.supported_cpuid()), 0, 1,
                                   parse_cpu_features("-xsave")))  # fmt: skip
     msrs.apply_boot_msrs(vcpu, kvm.msr_index_list())
-    plan = load_kernel(mem, kernel, initrd, cmdline, num_vcpus=1)
+    plan = load_kernel(mem, kernel, initrd, cmdline, num_vcpus=1, acpi=acpi)
     cpu.apply_boot_state(vcpu, plan.cpu_state())
     out = bytearray()
     deadline = time.monotonic() + timeout
@@ -146,3 +148,24 @@ def test_bzimage_early_boot(guest):
         "ACPI: RSDP 0x00000000000E0000",
     ):
         assert line in text, f"{line!r} missing from:\n{text}"
+
+
+@pytest.mark.kvm
+def test_pvh_early_boot_mp_table_without_acpi(guest):
+    """With ACPI off the kernel takes the CPUs and the IOAPIC from our MP table."""
+    from kvmlite.guestimage import guest_cmdline
+
+    cmdline = guest_cmdline("earlyprintk=serial,ttyS0")
+    log = early_boot(guest.vmlinux, None, cmdline, [b"hotplug CPUs"], timeout=120, acpi=False)
+    text = log.decode(errors="replace")
+    for line in (
+        "Intel MultiProcessor Specification v1.4",
+        "MPTABLE: OEM ID: KVMLITE",
+        "MPTABLE: Product ID: KVMLITE MP",
+        "MPTABLE: APIC at: 0xFEE00000",
+        "IOAPIC[0]: apic_id 1, version 17, address 0xfec00000, GSI 0-23",
+        "Processors: 1",
+        "smpboot: Allowing 1 CPUs, 0 hotplug CPUs",
+    ):
+        assert line in text, f"{line!r} missing from:\n{text}"
+    assert "ACPI: RSDP" not in text
