@@ -60,6 +60,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="work-arounds for emulated-KVM hosts (default: only where detected)",
     )
+    p.add_argument(
+        "--kvm-device",
+        default="/dev/kvm",
+        metavar="PATH",
+        help="the KVM device to open (default /dev/kvm)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_run)
 
@@ -77,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         acpi=not args.no_acpi,
         host_quirks=args.host_quirks,
         disks=[DiskConfig.parse(d) for d in args.disk],
+        kvm_path=args.kvm_device,
     )
 
 

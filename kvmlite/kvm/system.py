@@ -37,7 +37,10 @@ class Kvm:
             raise KvmError(f"cannot open {path}: {e.strerror}") from e
         self.path = path
         try:
-            version = ioctl(self.fd, nr.KVM_GET_API_VERSION)
+            try:
+                version = ioctl(self.fd, nr.KVM_GET_API_VERSION)
+            except KvmError as e:
+                raise KvmError(f"{path} is not a KVM device ({e})") from e
             if version != KVM_API_VERSION:
                 raise KvmError(
                     f"{path} speaks KVM API version {version}, kvmlite needs "
