@@ -27,9 +27,10 @@ def test_permission_denied_gives_advice(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_not_a_kvm_device_is_refused() -> None:
-    with pytest.raises(KvmIoctlError, match="KVM_GET_API_VERSION") as info:
+    with pytest.raises(KvmError, match="/dev/null is not a KVM device") as info:
         Kvm("/dev/null")
-    assert info.value.errno == errno.ENOTTY
+    cause = info.value.__cause__
+    assert isinstance(cause, KvmIoctlError) and cause.errno == errno.ENOTTY
 
 
 def test_capabilities_and_mmap_size(kvm: Kvm) -> None:
