@@ -82,21 +82,25 @@ def _run(cmd: list[str], what: str) -> None:
         raise ImageError(f"building {what} failed:\n$ {' '.join(cmd)}\n{proc.stderr}")
 
 
-def build_guest(source: Path, out_dir: Path, *, kind: Kind) -> Path:
-    """Build ``source`` with the startup beside it; returns ``out_dir/<name>.elf|.bin``."""
+def build_guest(source: Path, out_dir: Path, *, kind: Kind, kit_dir: Path | None = None) -> Path:
+    """Build ``source`` with the kit's startup; returns ``out_dir/<name>.elf|.bin``.
+
+    The kit (start.S, lib.c, lib.h, guest.ld) is taken from ``kit_dir``, by
+    default the source's own directory.
+    """
     if kind not in ("flat", "pvh"):
         raise ValueError(f"kind must be 'flat' or 'pvh', not {kind!r}")
     source = Path(source)
     if not source.is_file():
         raise ImageError(f"guest source {source} does not exist")
-    src_dir = source.parent
+    src_dir = Path(kit_dir) if kit_dir is not None else source.parent
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = source.stem
     objs = []
-    for src in (src_dir / "start.S", src_dir / "lib.c", source):
+    for src in (src_dir / "start.S", src_dir / "lib.c", source):  # source last: main
         obj = out_dir / f"{name}.{src.stem}.o"
-        _run(["gcc", *CFLAGS, f"-I{src_dir}", "-c", str(src), "-o", str(obj)], f"{src.name}")
+        _run(["gcc", *CFLAGS, f"-I{src_dir}", "-c", str(src), "-o", str(obj)], src.name)
         objs.append(str(obj))
     elf = out_dir / f"{name}.elf"
     _run(["ld", *LDFLAGS, "-T", str(src_dir / "guest.ld"), "-o", str(elf), *objs], elf.name)

@@ -19,14 +19,7 @@ def _sh(cmd: list[str]) -> None:
 
 def pvh_guest(name: str, out: Path) -> Path:
     """A guest from tests/vmm/guests with the kit's PVH startup (tests/guests/start.S)."""
-    src = HERE / f"{name}.c"
-    # build_guest wants the startup beside the source: build from a copy.
-    work = out / "src"
-    work.mkdir(parents=True, exist_ok=True)
-    for f in ("start.S", "lib.c", "lib.h", "guest.ld"):
-        (work / f).write_bytes((GUEST_DIR / f).read_bytes())
-    (work / src.name).write_bytes(src.read_bytes())
-    return build_guest(work / src.name, out, kind="pvh")
+    return build_guest(HERE / f"{name}.c", out, kind="pvh", kit_dir=GUEST_DIR)
 
 
 def bzimage_guest(out: Path) -> Path:
