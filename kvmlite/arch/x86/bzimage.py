@@ -124,6 +124,10 @@ def load_bzimage(
     low_top = layout.low_ram_top(memory)
     load_addr, footprint = _load_address(image, low_top)
     kernel_end = load_addr + footprint
+    if hdr.version >= PREF_ADDRESS_VERSION and hdr.pref_address >= MIB:
+        # Loaded lower, the decompressor still unpacks to LOAD_PHYSICAL_ADDR
+        # (= pref_address) and needs init_size bytes there: keep the initrd above.
+        kernel_end = max(kernel_end, hdr.pref_address + hdr.init_size)
     if kernel_end > low_top:
         raise ImageError(
             f"{name} needs {kernel_end >> 20} MiB of low memory to unpack, the guest has"

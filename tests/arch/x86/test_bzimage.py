@@ -56,15 +56,16 @@ def test_initrd_below_initrd_addr_max():
     assert plan.initrd_addr + 5000 <= 0x3000000
 
 
-def test_small_memory_falls_back_to_1mib():
-    m = mem(16 * MIB)
-    plan = load_bzimage(m, make_bzimage(), "")
-    assert plan.kernel_addr == 0x100000
+def test_small_memory_refused():
+    """The decompressor needs pref_address + init_size (18 MiB here) wherever it is loaded."""
+    with pytest.raises(ImageError, match="needs 18 MiB"):
+        load_bzimage(mem(16 * MIB), make_bzimage(), "")
 
 
 def test_not_relocatable_loads_at_1mib():
-    plan = load_bzimage(mem(), make_bzimage(relocatable=0), "")
+    plan = load_bzimage(mem(), make_bzimage(relocatable=0), "", b"x" * 100)
     assert plan.kernel_addr == 0x100000
+    assert plan.kernel_end == 0x1000000 + 0x200000 <= plan.initrd_addr
 
 
 @pytest.mark.parametrize(
@@ -93,7 +94,7 @@ def test_cmdline_too_long():
 
 def test_initrd_too_large():
     with pytest.raises(ImageError, match="initrd"):
-        load_bzimage(mem(16 * MIB), make_bzimage(), "", b"x" * (15 * MIB))
+        load_bzimage(mem(32 * MIB), make_bzimage(), "", b"x" * (15 * MIB))
 
 
 def test_bad_boot_flag():
