@@ -275,6 +275,7 @@ def test_convert_compressed_odd_size(tmp_path: Path, opts: str) -> None:
     report = json.loads(qimg("check", "--output=json", str(q)).stdout)
     assert report["compressed-clusters"] >= 1
     assert q.stat().st_size < 3_000_000 or "2M" in opts
+    assert img("compare", "-F", "raw", str(q), str(src)) == 0  # kvmlite reads it back
 
 
 def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

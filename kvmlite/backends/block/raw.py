@@ -17,7 +17,6 @@ import ctypes.util
 import errno
 import os
 import stat
-import threading
 from collections.abc import Iterator, Sequence
 
 from kvmlite.backends.block.base import BlockBackend, Extent, iov_length
@@ -88,7 +87,6 @@ class RawBackend(BlockBackend):
         self._probed = probed
         self._fd = open_fd(path, read_only, direct)
         self._closed = False
-        self._lock = threading.Lock()
         st = os.fstat(self._fd)
         self._is_blockdev = stat.S_ISBLK(st.st_mode)
         if not (self._is_blockdev or stat.S_ISREG(st.st_mode)):
