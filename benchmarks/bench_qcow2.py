@@ -30,6 +30,7 @@ from kvmlite.backends.block.raw import RawBackend
 BLOCK = 4096
 SPAN = 64 << 20  # bytes touched per run
 COUNT = SPAN // BLOCK
+REPEAT = 3  # best of three: the hosts that run this are shared and noisy
 
 
 def _mbps(seconds: float) -> float:
@@ -79,24 +80,30 @@ def rows() -> list[Row]:
     rnd = seq[:]
     random.Random(1).shuffle(rnd)
     out: list[Row] = []
+    results: dict[str, float] = {}
+
+    def best(key: str, seconds: float) -> None:
+        results[key] = min(seconds, results.get(key, float("inf")))
+
     with tempfile.TemporaryDirectory(dir=os.environ.get("KVMLITE_BENCH_DIR")) as d:
         q, ref, raw = (os.path.join(d, n) for n in ("k.qcow2", "q.qcow2", "r.raw"))
-        results: dict[str, float] = {}
-        for pattern, offsets in (("seq", seq), ("rand", rnd)):
-            create_qcow2(q, SPAN)
-            with open(raw, "wb") as f:
-                f.truncate(SPAN)
-            with Qcow2Backend(q) as b:
-                results[f"q-{pattern}-w"] = _run(b, offsets, True)
-            with Qcow2Backend(q) as b:
-                results[f"q-{pattern}-r"] = _run(b, offsets, False)
-            with RawBackend(raw) as b:
-                results[f"r-{pattern}-w"] = _run(b, offsets, True)
-            with RawBackend(raw) as b:
-                results[f"r-{pattern}-r"] = _run(b, offsets, False)
-        create_qcow2(ref, SPAN)
-        results["qemu-seq-w"] = _qemu_bench(ref, True)
-        results["qemu-seq-r"] = _qemu_bench(ref, False)
+        # Best of REPEAT, interleaved, so that both sides see the same host load.
+        for _ in range(REPEAT):
+            for pattern, offsets in (("seq", seq), ("rand", rnd)):
+                create_qcow2(q, SPAN)
+                with open(raw, "wb") as f:
+                    f.truncate(SPAN)
+                with Qcow2Backend(q) as b:
+                    best(f"q-{pattern}-w", _run(b, offsets, True))
+                with Qcow2Backend(q) as b:
+                    best(f"q-{pattern}-r", _run(b, offsets, False))
+                with RawBackend(raw) as b:
+                    best(f"r-{pattern}-w", _run(b, offsets, True))
+                with RawBackend(raw) as b:
+                    best(f"r-{pattern}-r", _run(b, offsets, False))
+            create_qcow2(ref, SPAN)
+            best("qemu-seq-w", _qemu_bench(ref, True))
+            best("qemu-seq-r", _qemu_bench(ref, False))
     for kind, name in (("w", "write"), ("r", "read")):
         out.append(
             Row(
