@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kvmlite.errors import KvmliteError
+from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.vmm.config import DiskConfig, VmConfig, parse_size
 
 
@@ -53,6 +53,32 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         metavar="PATH[,ro][,...]",
         help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2]",
     )
+    p.add_argument(
+        "--rng",
+        nargs="?",
+        const="0",
+        default=None,
+        metavar="BYTES_PER_S",
+        help="add a virtio-rng (optionally rate-limited)",
+    )
+    p.add_argument(
+        "--virtio-console",
+        metavar="SPEC",
+        help="add a virtio-console; hvc0 goes to SPEC (stdio, unix:PATH, pty, ...)",
+    )
+    p.add_argument(
+        "--virtio-port",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="extra virtio-console port (guest /dev/vport0pN), e.g. log=unix:/tmp/s",
+    )
+    p.add_argument(
+        "--virtio-transport",
+        choices=("pci", "mmio"),
+        default="pci",
+        help="transport for virtio devices (default pci)",
+    )
     p.add_argument("--no-acpi", action="store_true", help="no ACPI tables (MP table only)")
     p.add_argument(
         "--host-quirks",
@@ -84,7 +110,18 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         host_quirks=args.host_quirks,
         disks=[DiskConfig.parse(d) for d in args.disk],
         kvm_path=args.kvm_device,
+        rng=None if args.rng is None else int(parse_size(args.rng, default_unit="B")),
+        virtio_console=args.virtio_console,
+        virtio_ports=[_port(p) for p in args.virtio_port],
+        virtio_transport=args.virtio_transport,
     )
+
+
+def _port(spec: str) -> tuple[str, str]:
+    name, sep, backend = spec.partition("=")
+    if not sep or not name or not backend:
+        raise ConfigError(f"--virtio-port {spec!r}: expected NAME=SPEC, e.g. log=unix:/tmp/log")
+    return name, backend
 
 
 def cmd_run(args: argparse.Namespace) -> int:

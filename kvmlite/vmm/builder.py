@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.gsi import GsiRouter
 from kvmlite.vmm.irq import KvmIrqLine
 from kvmlite.vmm.machine import ExitReason, Machine
+from kvmlite.vmm.virtio import MMIO_BASE, VirtioWiring
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,10 @@ TSS_ADDR = 0xFFFBD000
 IDENTITY_MAP_ADDR = 0xFFFBC000
 
 #: ECAM for PCI bus 0 at the bottom of the 32-bit hole; BARs go above it, up
-#: to the IOAPIC (the firmware tables describe the same window).
+#: to the virtio-mmio devices below the IOAPIC (the firmware tables describe
+#: the same window: ECAM is cut out of it, and reserved).
 ECAM_BASE = PCI_HOLE_START
-PCI_BAR_WINDOW = (
-    PCI_HOLE_START + (1 << 20),
-    layout.PCI_MMIO32_END + 1 - PCI_HOLE_START - (1 << 20),
-)
+PCI_BAR_WINDOW = (PCI_HOLE_START + (1 << 20), MMIO_BASE - PCI_HOLE_START - (1 << 20))
 
 #: (base port, IRQ) of COM1..COM4.
 COM_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -56,7 +56,7 @@ class LockedDevice:
 
     __slots__ = ("device", "lock", "read", "write")
 
-    def __init__(self, device: Any, lock: threading.Lock | None = None) -> None:
+    def __init__(self, device: Any, lock: Any = None) -> None:
         self.device = device
         self.lock = lock or threading.Lock()
 
@@ -81,7 +81,7 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
     from kvmlite.arch.x86.acpi.tables import Ecam
     from kvmlite.arch.x86.boot import load_kernel
-    from kvmlite.arch.x86.cpu import apply_boot_state
+    from kvmlite.arch.x86.cpu import apply_boot_state, initial_mp_state
     from kvmlite.arch.x86.cpufeatures import parse_cpu_features
     from kvmlite.arch.x86.cpuid import apply_cpuid, build_cpuid, supported_from_kvm
     from kvmlite.arch.x86.msrs import boot_msrs, filter_supported
@@ -118,10 +118,14 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
         _add_legacy_devices(machine, config, console)
         pci = _add_pci(machine)
+        wiring = VirtioWiring(machine, gsi_router, pci)
+        _add_virtio_devices(machine, config, wiring)
         pci.allocate_bars(mmio32=PCI_BAR_WINDOW)
         pci.connect_intx(lambda gsi: KvmIrqLine(vm, gsi))
         # The firmware tables want pins 0..3 (INTA..INTD); PciRoot counts from 1.
         pci_routes = [(r.slot, r.pin - 1, r.gsi) for r in pci.interrupt_routes()]
+        if wiring.cmdline:
+            cmdline = " ".join([cmdline, *wiring.cmdline])
 
         plan = load_kernel(
             memory,
@@ -132,6 +136,7 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
             acpi=config.acpi,
             pci_routes=pci_routes,
             ecam=Ecam(ECAM_BASE, last_bus=0),
+            mmio32=(PCI_HOLE_START, MMIO_BASE - 1),
         )
 
         supported = supported_from_kvm(kvm.supported_cpuid())
@@ -145,6 +150,7 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
                 entries = hostquirks.advertise_xsaveerptr(entries)
             apply_cpuid(vcpu, entries)
             vcpu.set_msrs(msrs)
+            vcpu.set_mp_state(initial_mp_state(index))  # APs wait for INIT/SIPI
             _setup_lapic(vcpu)
             if index == 0:
                 apply_boot_state(vcpu, plan.cpu_state())
@@ -154,13 +160,80 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
     return machine
 
 
+def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring) -> None:
+    """Disks, entropy and console, on the transport the user chose."""
+    from kvmlite.backends.block import open_image
+    from kvmlite.backends.char import parse_console_spec
+    from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock, VirtioConsole, VirtioRng
+
+    add = wiring.add_pci if config.virtio_transport == "pci" else wiring.add_mmio
+    if config.disks:
+        executor = ThreadPoolIoExecutor()
+        machine.closers.append(executor.close)
+        assert executor.completion_fd is not None
+        wiring.watch(executor.completion_fd, executor.run_completions)
+    for n, disk in enumerate(config.disks):
+        backend = open_image(
+            str(disk.path), disk.format, read_only=disk.read_only, direct=disk.direct
+        )
+        machine.closers.append(backend.close)
+        blk = VirtioBlock(backend, serial=disk.serial or "", executor=executor)
+        machine.devices[f"disk{n}"] = add(blk)
+    if config.rng is not None:
+
+        def timer(delay: float, callback: Callable[[], None]) -> None:
+            machine.loop.call_later(delay, wiring.locked(callback))
+
+        rng = VirtioRng(rate_limit=config.rng or None, timer=timer)
+        machine.devices["rng"] = add(rng)
+    if config.virtio_console is not None or config.virtio_ports:
+        hvc0 = parse_console_spec(config.virtio_console or "null")
+        machine.closers.append(hvc0.close)
+        ports = []
+        for name, spec in config.virtio_ports:
+            backend = parse_console_spec(spec)
+            machine.closers.append(backend.close)
+            ports.append((name, backend))
+        console = VirtioConsole(hvc0, ports=ports)
+        machine.devices["virtio-console"] = add(console)
+        _wire_virtio_console_input(machine, wiring, console, [hvc0, *(b for _, b in ports)])
+
+
+def _wire_virtio_console_input(
+    machine: Machine, wiring: VirtioWiring, console: Any, backends: list[Any]
+) -> None:
+    """Each port's backend fd -> handle_input, paused while the guest has no buffers."""
+    loop = machine.loop
+
+    def watch(port_id: int) -> None:
+        fd = backends[port_id].fileno()
+        if fd is None:
+            return
+
+        def on_readable() -> None:
+            with wiring.lock:
+                more = console.handle_input(port_id)
+            if not more:
+                loop.remove_reader(fd)  # back-pressure until input_ready_handler
+
+        try:
+            loop.add_reader(fd, on_readable)
+        except (PermissionError, FileExistsError):
+            pass  # not pollable, or already watched
+
+    # Called under the device lock when the guest supplies receive buffers.
+    console.input_ready_handler = lambda port_id: loop.call_soon(lambda: watch(port_id))
+    for port_id in range(len(backends)):
+        watch(port_id)
+
+
 def _add_pci(machine: Machine) -> Any:
     """PCI bus 0: config mechanism #1 at 0xCF8 and ECAM (MCFG) for bus 0."""
     from kvmlite.devices.pci.root import ECAM_SIZE, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, PciRoot
 
     pci = PciRoot()
     pci.reset_handler = lambda: machine.request_exit(ExitReason.REBOOT, message="0xCF9 reset")
-    lock = threading.Lock()  # CONFIG_ADDRESS is shared by every vCPU
+    lock = machine.dev_lock  # CONFIG_ADDRESS is shared by every vCPU
     machine.pio_bus.insert(
         LockedDevice(pci.config_io, lock), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE
     )

@@ -25,11 +25,11 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1"
 
 def parse_size(text: str, *, default_unit: str = "M") -> int:
     """Parse a QEMU-style size: '64', '64M', '1G', '512k' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
+    m = re.fullmatch(r"\s*(\d+)\s*([bBkKmMgGtT]?)(i?[bB])?\s*", text)
     if not m:
         raise ConfigError(f"bad size {text!r}: use a number with an optional K, M, G or T suffix")
     unit = (m.group(2) or default_unit).upper()
-    return int(m.group(1)) << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
+    return int(m.group(1)) << {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
 
 
 @dataclass
@@ -83,6 +83,12 @@ class VmConfig:
     acpi: bool = True
     host_quirks: str = "auto"  # auto | on | off: see kvmlite/vmm/hostquirks.py
     disks: list[DiskConfig] = field(default_factory=list)
+    #: virtio-rng: None = no device, 0 = unlimited, N = at most N bytes/s.
+    rng: int | None = None
+    #: virtio-console: hvc0's backend spec, and extra named ports (name, spec).
+    virtio_console: str | None = None
+    virtio_ports: list[tuple[str, str]] = field(default_factory=list)
+    virtio_transport: str = "pci"  # pci | mmio
     kvm_path: str = "/dev/kvm"
 
     def validate(self) -> None:
@@ -97,6 +103,16 @@ class VmConfig:
             raise ConfigError(f"{self.cpus} vCPUs is out of range: use 1 to {MAX_VCPUS}")
         if not 1 <= self.serial_ports <= 4:
             raise ConfigError("serial ports: use 1 to 4 (COM1..COM4)")
+        if self.virtio_transport not in ("pci", "mmio"):
+            raise ConfigError("--virtio-transport must be pci or mmio")
+        if self.rng is not None and self.rng < 0:
+            raise ConfigError("--rng rate limit must be a positive number of bytes/s")
+        names = [n for n, _ in self.virtio_ports]
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ConfigError(f"virtio port name {name!r}: use letters, digits, . _ -")
+        if len(set(names)) != len(names):
+            raise ConfigError("virtio port names must be unique")
         if self.host_quirks not in ("auto", "on", "off"):
             raise ConfigError("--host-quirks must be auto, on or off")
         for what, path in (("kernel", self.kernel), ("initrd", self.initrd)):

@@ -93,6 +93,9 @@ class Machine:
         self._paused = False
         self._parked = 0
         self._cond = threading.Condition(self._lock)
+        #: Serialises the PCI root and virtio devices between vCPU threads and
+        #: the I/O loop (re-entrant: a config write may move a BAR's bus entry).
+        self.dev_lock = threading.RLock()
 
     # -- ending -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from kvmlite.arch.x86 import bzimage, elf, mptable, pvh
+from kvmlite.arch.x86 import bzimage, elf, layout, mptable, pvh
 from kvmlite.arch.x86.acpi import Ecam, build_acpi_tables
 from kvmlite.arch.x86.bootplan import BootPlan
 from kvmlite.errors import ImageError
@@ -56,13 +56,15 @@ def load_kernel(
     acpi: bool = True,
     pci_routes: Sequence[tuple[int, int, int]] = (),
     ecam: Ecam | None = None,
+    mmio32: tuple[int, int] = (layout.PCI_HOLE_START, layout.PCI_MMIO32_END),
     mmio64: tuple[int, int] | None = None,
 ) -> BootPlan:
     """Place firmware tables, kernel, initrd and command line; return the boot plan.
 
     ``pci_routes`` are (device, pin 0..3, IOAPIC pin = GSI) rows for the MP
-    table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio64`` a 64-bit
-    window to the PCI root bridge (inclusive bounds).
+    table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio32`` is the
+    PCI root bridge's 32-bit window and ``mmio64`` an optional 64-bit one
+    (inclusive bounds).
     """
     name = os.fspath(kernel_path)
     data = read_image(kernel_path, "kernel")
@@ -71,7 +73,9 @@ def load_kernel(
     mptable.write_mptable(memory, num_vcpus, pci_routes)
     rsdp_addr = 0
     if acpi:
-        tables = build_acpi_tables(num_vcpus, pci_routes=pci_routes, ecam=ecam, mmio64=mmio64)
+        tables = build_acpi_tables(
+            num_vcpus, pci_routes=pci_routes, ecam=ecam, mmio32=mmio32, mmio64=mmio64
+        )
         tables.write(memory)
         rsdp_addr = tables.rsdp_addr
 

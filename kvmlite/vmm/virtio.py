@@ -1,0 +1,168 @@
+"""Wiring virtio devices into the machine: transports, fast paths, the I/O loop.
+
+Theory of operation
+-------------------
+A device model (``kvmlite.devices.virtio``) sits behind a transport:
+
+* **virtio-pci**: one 64-bit memory BAR. Its notify registers get one
+  ioeventfd per queue (KVM signals the eventfd; the vCPU never exits to
+  Python for a notify), watched by the I/O loop, which calls
+  ``transport.notify(queue)``. Each MSI-X vector gets a GSI of its own
+  routed to the vector's (address, data) and an irqfd, so the device's
+  ``trigger()`` is a write to an eventfd that KVM turns into an interrupt.
+  When the guest moves the BAR, the bus entry and the ioeventfds move too.
+* **virtio-mmio**: one 4 KiB region announced on the kernel command line
+  (``virtio_mmio.device=4K@BASE:IRQ``), one legacy IRQ line; the
+  QueueNotify register gets an ioeventfd with a datamatch per queue index.
+
+Every device of this module, its transport and the PCI root are touched
+under one lock (``machine.dev_lock``): from vCPU threads for register
+accesses, from the I/O loop for notifications and I/O completions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kvmlite.vmm.irq import IrqfdInterrupt, KvmIrqLine
+
+log = logging.getLogger(__name__)
+
+#: virtio-mmio devices live at the top of the 32-bit hole, below the IOAPIC,
+#: one 4 KiB page each, with ISA IRQs nothing else uses.
+MMIO_BASE = 0xFEB00000
+MMIO_IRQS = (5, 6, 7, 10, 11, 14, 15)
+#: Length of a virtio-pci notify write (virtio 1.2 §4.1.4.4: a 16-bit queue index).
+NOTIFY_LEN = 2
+
+
+class VirtioWiring:
+    """Adds virtio devices to a machine being built (see kvmlite/vmm/builder.py)."""
+
+    def __init__(self, machine: Any, router: Any, pci: Any) -> None:
+        self.machine = machine
+        self.router = router
+        self.pci = pci
+        self.lock = machine.dev_lock
+        self.pci_devices: list[Any] = []
+        self.mmio_count = 0
+        self.cmdline: list[str] = []
+        self._notify_fds: dict[tuple[int, int], tuple[int, int]] = {}  # (id, queue) -> fd, addr
+
+    def locked(self, fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
+            with self.lock:
+                fn()
+
+        return call
+
+    # -- virtio-pci -------------------------------------------------------------
+
+    def add_pci(self, device: Any) -> Any:
+        """Put ``device`` on PCI bus 0 behind a virtio-pci transport."""
+        from kvmlite.devices.virtio.pci import VirtioPciDevice
+
+        gsis: dict[int, int] = {}
+
+        def on_vector_change(vector: int, address: int, data: int, masked: bool) -> None:
+            if vector in gsis:
+                self.router.update_msi(gsis[vector], address, data)
+
+        vm = self.machine.vm
+        transport = VirtioPciDevice(
+            device,
+            self.machine.memory,
+            signal_msi=vm.signal_msi,
+            on_vector_change=on_vector_change,
+        )
+        for vector in range(transport.msix.num_vectors):
+            gsis[vector] = self.router.allocate_msi()
+            irqfd = IrqfdInterrupt(vm, gsis[vector])
+            self.machine.closers.append(irqfd.close)
+            transport.msix.set_vector_interrupt(vector, irqfd)
+        self.pci.add_device(transport)
+        # Every decode change maps or unmaps the BAR, including the first
+        # placement by PciRoot.allocate_bars at build time.
+        transport.on_bar_change = self._bar_moved
+        self.pci_devices.append(transport)
+        return transport
+
+    def _map_bar(self, transport: Any, index: int, address: int) -> None:
+        from kvmlite.vmm.builder import LockedDevice
+
+        size = next(b.size for b in transport.bars() if b.index == index)
+        self.machine.mmio_bus.insert(
+            LockedDevice(transport.bar_device(index), self.lock), address, size
+        )
+        if index != 0:
+            return
+        for offset, queue in transport.notify_addresses():
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.machine.vm.ioeventfd(fd, address + offset, NOTIFY_LEN)
+            self._notify_fds[(id(transport), queue)] = (fd, address + offset)
+            self.machine.loop.add_reader(fd, self._notifier(fd, transport, queue))
+
+    def _unmap_bar(self, transport: Any, index: int, address: int) -> None:
+        self.machine.mmio_bus.remove(address)
+        if index != 0:
+            return
+        for _offset, queue in transport.notify_addresses():
+            fd, addr = self._notify_fds.pop((id(transport), queue))
+            self.machine.loop.remove_reader(fd)
+            self.machine.vm.ioeventfd(fd, addr, NOTIFY_LEN, deassign=True)
+            os.close(fd)
+
+    def _bar_moved(self, transport: Any, index: int, old: int | None, new: int | None) -> None:
+        # Called with the device lock held, on a vCPU thread (a config write).
+        if old is not None:
+            self._unmap_bar(transport, index, old)
+        if new is not None:
+            self._map_bar(transport, index, new)
+
+    def _notifier(self, fd: int, transport: Any, queue: int) -> Callable[[], None]:
+        def on_notify() -> None:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                return
+            with self.lock:
+                transport.notify(queue)
+
+        return on_notify
+
+    # -- virtio-mmio ------------------------------------------------------------------
+
+    def add_mmio(self, device: Any) -> Any:
+        """Put ``device`` behind a virtio-mmio transport; announces it on the cmdline."""
+        from kvmlite.devices.virtio.mmio import (
+            MMIO_SIZE,
+            VIRTIO_MMIO_QUEUE_NOTIFY,
+            VirtioMmioDevice,
+            cmdline_fragment,
+        )
+        from kvmlite.errors import ConfigError
+        from kvmlite.vmm.builder import LockedDevice
+
+        if self.mmio_count >= len(MMIO_IRQS):
+            raise ConfigError(f"at most {len(MMIO_IRQS)} virtio-mmio devices")
+        base = MMIO_BASE + self.mmio_count * MMIO_SIZE
+        irq = MMIO_IRQS[self.mmio_count]
+        self.mmio_count += 1
+        transport = VirtioMmioDevice(device, self.machine.memory, KvmIrqLine(self.machine.vm, irq))
+        self.machine.mmio_bus.insert(LockedDevice(transport, self.lock), base, MMIO_SIZE)
+        for queue in range(device.num_queues):
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.machine.vm.ioeventfd(fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=queue)
+            self.machine.loop.add_reader(fd, self._notifier(fd, transport, queue))
+            self.machine.closers.append(lambda fd=fd: os.close(fd))
+        self.cmdline.append(cmdline_fragment(base, MMIO_SIZE, irq))
+        return transport
+
+    # -- I/O loop hooks -------------------------------------------------------------
+
+    def watch(self, fd: int, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` under the device lock whenever ``fd`` is readable."""
+        self.machine.loop.add_reader(fd, self.locked(callback))
