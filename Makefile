@@ -42,7 +42,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Builds (once, cached under ~/.cache/kvmlite) the default guest kernel and initramfs.
+# compileall: byte-code up front, so that `kvmlite run` starts fast even where
+# PYTHONDONTWRITEBYTECODE is set.
 guest: venv
+	$(PY) -m compileall -q kvmlite benchmarks
 	$(PY) -m kvmlite.guestimage
 
 clean:
