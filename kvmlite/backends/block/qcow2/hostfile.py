@@ -42,7 +42,7 @@ class HostFile:
                 f"{self.name}: {what} at offset {offset} (length {total}) lies outside the "
                 "file; the image is damaged (try 'kvmlite img check')"
             )
-        done = 0
+        done = os.preadv(self.fd, bufs, offset)
         while done < total:
             n = os.preadv(self.fd, _skip(bufs, done), offset + done)
             if n <= 0:
@@ -56,10 +56,11 @@ class HostFile:
         if offset < 0:
             raise ImageError(f"{self.name}: refusing to write at negative offset {offset}")
         total = sum(b.nbytes for b in bufs)
-        done = 0
+        done = os.pwritev(self.fd, bufs, offset)  # nearly always complete at once
         while done < total:
             done += os.pwritev(self.fd, _skip(bufs, done), offset + done)
-        self.length = max(self.length, offset + total)
+        if offset + total > self.length:
+            self.length = offset + total
 
     def extend(self, length: int) -> None:
         """Grow the file to ``length`` bytes (a hole: reads as zeros)."""

@@ -106,7 +106,7 @@ class Qcow2Writer:
         cs = self.cs
         h = self.header
         bad = host % cs or host == 0 or host + cs > self.f.length
-        for start, length in (
+        for start, length in (  # the fixed metadata an L2 entry must never alias
             (self.l1_offset, len(self.l1) * 8),
             (h.refcount_table_offset, h.refcount_table_clusters * cs),
             (h.snapshots_offset, self.snapshot_table_size),
