@@ -65,6 +65,8 @@ class CheckReport:
         if r is None:
             return [f"An error occurred during the check: {self.error}"]
         out = list(r.messages)
+        if r.dropped:
+            out.append(f"... and {r.dropped} more messages like these")
         if self.fixed is not None:
             f = self.fixed
             out.append("The following inconsistencies were found and repaired:\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -117,6 +118,22 @@ def test_l2_entry_pointing_at_metadata_is_not_written(tmp_path: Path) -> None:
     with Qcow2Backend(str(p)) as q, pytest.raises(ImageError, match="metadata"):
         q.write(0, b"\xff" * 512)
     assert p.read_bytes()[l1_off : l1_off + CS] == before
+
+
+def test_refcount_table_entry_outside_file(tmp_path: Path) -> None:
+    p = _image(tmp_path)
+    _patch(p, _header_u64(p, 48), (1 << 40).to_bytes(8, "big"))
+    with Qcow2Backend(str(p)) as q:
+        assert q.read(0, 8192) == b"\x41" * 8192  # reads need no refcounts
+        with pytest.raises(ImageError, match="refcount block.*outside the file"):
+            q.write(512 << 10, b"x" * 4096)  # an allocation needs them
+    r = run(sys.executable, "-m", "kvmlite.imgtool", "check", str(p), check=False)
+    assert r.returncode == 1 and len(r.stdout.splitlines()) < 80, r.stdout
+    r = run(sys.executable, "-m", "kvmlite.imgtool", "check", "-r", "all", str(p), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert run("qemu-img", "check", str(p), check=False).returncode == 0
+    with Qcow2Backend(str(p), read_only=True) as q:
+        assert q.read(0, 8192) == b"\x41" * 8192
 
 
 def test_damaged_compressed_cluster(tmp_path: Path) -> None:

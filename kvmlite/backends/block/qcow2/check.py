@@ -34,7 +34,7 @@ from kvmlite.errors import ImageError
 if TYPE_CHECKING:
     from kvmlite.backends.block.qcow2.image import Qcow2Backend
 
-MAX_MESSAGES = 200
+MAX_MESSAGES = 50
 
 
 @dataclass
@@ -53,10 +53,14 @@ class CheckResult:
     fragmented_clusters: int = 0
     compressed_clusters: int = 0
     messages: list[str] = field(default_factory=list)
+    bad_blocks: set[int] = field(default_factory=set)
+    dropped: int = 0
 
     def note(self, msg: str) -> None:
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(msg)
+        else:
+            self.dropped += 1
 
 
 class _Walker:
@@ -149,11 +153,15 @@ def compute(img: Qcow2Backend, result: CheckResult) -> _Walker:
 
 
 def _stored(img: Qcow2Backend, c: int, result: CheckResult) -> int:
+    bidx = c // img.refcounts.per_block
+    if bidx in result.bad_blocks:
+        return 0
     try:
         return img.refcounts.get(c)
     except ImageError as e:
         result.check_errors += 1
-        result.note(f"ERROR cannot read the refcount of cluster {c}: {e}")
+        result.bad_blocks.add(bidx)
+        result.note(f"ERROR cannot read refcount block {bidx}: {e}")
         return 0
 
 
@@ -219,8 +227,17 @@ def _check_copied(img: Qcow2Backend, r: CheckResult, fix: bool = False) -> None:
 def repair(img: Qcow2Backend, leaks: bool = True, errors: bool = True) -> CheckResult:
     """Rewrite stored refcounts to the computed ones (``check -r leaks|all``)."""
     r = CheckResult(img.filename)
-    w = compute(img, r)
     rc = img.refcounts
+    if errors:
+        # A refcount table entry that points outside the file or is misaligned
+        # is dropped; the block is rebuilt from the computed counts below.
+        for i, e in enumerate(rc.table):
+            if e and (e % img.cs or e + img.cs > img.f.length):
+                rc.table[i] = 0
+                img.f.pwrite(rc.table_offset + i * 8, bytes(8))
+                rc.forget(i)
+                r.corruptions_fixed += 1
+    w = compute(img, r)
     rc.floor = max(w.nclusters, rc.free_hint)
     try:
         for c in range(_limit(img, w)):

@@ -120,6 +120,11 @@ class Refcounts:
                     out[i * per_byte + j] = (byte >> (j * self.bits)) & mask
         return out
 
+    def forget(self, bidx: int) -> None:
+        """Drop a cached block (its table entry was rewritten by repair)."""
+        self._blocks.pop(bidx, None)
+        self._dirty.pop(bidx, None)
+
     def get(self, cluster: int) -> int:
         """Refcount of host cluster ``cluster`` (0 where no block covers it)."""
         blk = self._load(cluster // self.per_block)
@@ -352,8 +357,11 @@ class Refcounts:
         """Cut unused clusters off the end of the file (after release_reserved)."""
         end = -(-self.f.length // self.cs)
         c = end
-        while c > 1 and end - c < 4 * self.per_block and self.get(c - 1) == 0:
-            c -= 1
+        try:
+            while c > 1 and end - c < 4 * self.per_block and self.get(c - 1) == 0:
+                c -= 1
+        except ImageError:
+            return  # damaged refcounts: only an optimisation is lost
         if c < end:
             os.ftruncate(self.f.fd, c * self.cs)
             self.f.length = c * self.cs
