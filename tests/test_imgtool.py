@@ -297,3 +297,22 @@ def test_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert img("compare", "-f", "raw", "-F", "raw", str(b), str(longer)) == 0
     assert img("compare", "-s", "-f", "raw", "-F", "raw", str(b), str(longer)) == 1
     assert img("compare", str(a), str(tmp_path / "missing")) == 2
+
+
+def test_failed_convert_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "bad.qcow2"
+    qimg("create", "-f", "qcow2", str(src), "1M")
+    subprocess.run(
+        ["qemu-io", "-c", "write -c -P 3 0 64k", str(src)], capture_output=True, check=True
+    )
+    with Qcow2Backend(str(src), read_only=True) as q:
+        e = next(q.extents())
+        assert e.compressed
+        host = q._entry(0) & ((1 << 62 - (q.cluster_bits - 8)) - 1)
+    with open(src, "r+b") as f:  # damage the compressed stream
+        f.seek(host)
+        f.write(b"\xff" * 32)
+    dst = tmp_path / "out.qcow2"
+    assert img("convert", "-O", "qcow2", str(src), str(dst)) == 1
+    assert "compressed cluster is damaged" in capsys.readouterr().err
+    assert not dst.exists()

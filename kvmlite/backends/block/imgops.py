@@ -196,12 +196,18 @@ def convert(
         if compress and dst_fmt != "qcow2":
             raise ConfigError("compression (-c) needs -O qcow2")
         create_image(dst_path, dst_fmt, src.size, options, backing, backing_fmt)
-        dst: BlockBackend = Qcow2Backend(dst_path) if dst_fmt == "qcow2" else RawBackend(dst_path)
         try:
-            _copy(src, dst, compress, progress)
-            dst.flush()
-        finally:
-            dst.close()
+            dst: BlockBackend = (
+                Qcow2Backend(dst_path) if dst_fmt == "qcow2" else RawBackend(dst_path)
+            )
+            try:
+                _copy(src, dst, compress, progress)
+                dst.flush()
+            finally:
+                dst.close()
+        except BaseException:
+            os.unlink(dst_path)  # leave nothing half-converted behind (DESIGN rule 7)
+            raise
 
 
 def _copy(src: BlockBackend, dst: BlockBackend, compress: bool, progress: Progress) -> None:

@@ -100,5 +100,8 @@ def create_qcow2(
             rc.update(c, 1)
         os.pwrite(fd, h.pack(), 0)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(path)  # no half-written image left behind
+        raise
+    os.close(fd)
