@@ -2,9 +2,9 @@
 
 Reads and allocation-free lookups live here; allocating writes, zeroing and
 compression live in ``write.py`` (a mixin), the refcount machinery in
-``refcount.py``. One lock serialises every request: metadata is shared, and
-the data I/O of a request must not race a concurrent discard that frees and
-reuses its cluster.
+``refcount.py``. One lock guards the metadata; the data transfers of plain
+clusters run outside it (``_data_io``), which is safe because freed clusters
+return to the allocator only after in-flight requests drain (``_apply_frees``).
 
 Opening validates the header (``header.py``) and loads the L1 table; the
 backing chain is opened read-only, with loops and excessive depth refused.
