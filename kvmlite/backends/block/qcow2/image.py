@@ -29,6 +29,7 @@ from kvmlite.backends.block.qcow2.tables import (
     COMPRESSED,
     NORMAL,
     OFFSET_MASK,
+    OFLAG_COPIED,
     UNALLOCATED,
     ZERO_ALLOC,
     ZERO_PLAIN,
@@ -265,7 +266,19 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         self._check_range(offset, iov.total)
         deferred: list[tuple[int, list[memoryview]]] = []
         with self._lock:
-            self._read_into(offset, iov, 0, iov.total, deferred)
+            vc, inoff = divmod(offset, self.cs)
+            entry = self._entry(vc) if inoff + iov.total <= self.cs else 0
+            host = entry & OFFSET_MASK
+            if (
+                entry & ~(OFLAG_COPIED | OFFSET_MASK) == 0
+                and host
+                and host % self.cs == 0
+                and host + self.cs <= self.f.length
+            ):
+                # fast path: the whole request lies in one plain cluster
+                deferred.append((host + inoff, iov.views))
+            else:
+                self._read_into(offset, iov, 0, iov.total, deferred)
             if deferred:
                 self._inflight += 1
         if deferred:
