@@ -124,6 +124,16 @@ def _epoch_of(fields: list[int]) -> int:
     )
 
 
+# Per-field bounds a held (SET) time is kept within. The day is only checked
+# against 31 here: while setting the time the guest writes the day before the
+# month, so the month's own length is applied when the time is loaded.
+_FIELD_BOUNDS = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 9999))
+
+
+def _bounded(fields: list[int]) -> list[int]:
+    return [min(max(v, lo), hi) for v, (lo, hi) in zip(fields, _FIELD_BOUNDS, strict=True)]
+
+
 def cmos_memory_bytes(below_4g: int, above_4g: int) -> dict[int, int]:
     """CMOS bytes that tell firmware and old OSes the RAM size (QEMU's PC layout).
 
@@ -202,7 +212,7 @@ class CmosRtc:
 
     def read(self, offset: int, size: int) -> bytes:
         # The index port is write-only on a PC; reading it floats.
-        value = self._read_reg(self._index) if offset == 1 else 0xFF
+        value = self._read_reg(self._index) & 0xFF if offset == 1 else 0xFF
         return bytes((value,)) + b"\x00" * (size - 1) if size > 0 else b""
 
     def write(self, offset: int, data: bytes) -> None:
@@ -300,7 +310,7 @@ class CmosRtc:
         else:
             fields[_FIELD_OF_REG[index]] = self._decode(value)
         if self._held is not None:
-            self._held = fields  # loaded when SET is cleared
+            self._held = _bounded(fields)  # loaded when SET is cleared
         else:
             self._offset = _epoch_of(fields) + frac - self._clock()
 
@@ -338,4 +348,4 @@ class CmosRtc:
         offset = state.offset if math.isfinite(state.offset) else 0.0
         self._offset = min(max(offset, -_MAX_OFFSET_S), _MAX_OFFSET_S)
         held = state.held
-        self._held = list(held) if held is not None and len(held) == 6 else None
+        self._held = _bounded(list(held)) if held is not None and len(held) == 6 else None

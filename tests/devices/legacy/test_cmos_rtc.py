@@ -252,3 +252,36 @@ def test_linux_never_reads_a_torn_time(frac, step):
     old = (0x59, 0x59, 0x23, 0x31, 0x12, 0x26, 0x20)
     new = (0x00, 0x00, 0x00, 0x01, 0x01, 0x27, 0x20)
     assert fields in (old, new), fields
+
+
+@given(
+    st.sampled_from([0x02, 0x06, 0x00, 0x04]),
+    st.lists(st.tuples(st.sampled_from([0, 2, 4, 6, 7, 8, 9, 0x32]), st.integers(0, 255))),
+)
+def test_fuzz_time_writes_while_set_held(mode, writes):
+    r = Rtc()
+    r.put(RTC_REG_B, 0x80 | mode)
+    for index, value in writes:
+        r.put(index, value)
+        for i in (0, 2, 4, 6, 7, 8, 9, 0x32):
+            r.get(i)
+    r.put(RTC_REG_B, mode)
+    for i in (0, 2, 4, 6, 7, 8, 9, 0x32):
+        r.get(i)
+
+
+def test_restore_of_hostile_state_is_bounded():
+    r = Rtc()
+    bad = RtcState(
+        index=0x1FF,
+        nmi_disabled=True,
+        reg_a=0x1FF,
+        reg_b=0x80,
+        ram=b"\x01" * 300,
+        offset=float("inf"),
+        held=(1000, -5, 99, 77, 13, 123456),
+    )
+    r.dev.restore(bad)
+    assert all(0 <= r.get(i) <= 255 for i in range(0x80))
+    r.put(RTC_REG_B, 0x02)
+    assert r.get(RTC_MONTH) == 0x12
