@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -275,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed ``img`` command; errors become a message and exit status 1."""
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
+        return 0
     except KvmliteError as e:
         print(f"kvmlite img: {e}", file=sys.stderr)
         # qemu-img compare reports errors as 2 (1 means "different")

@@ -316,3 +316,15 @@ def test_failed_convert_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFix
     assert img("convert", "-O", "qcow2", str(src), str(dst)) == 1
     assert "compressed cluster is damaged" in capsys.readouterr().err
     assert not dst.exists()
+
+
+def test_empty_disk_then_grow(tmp_path: Path) -> None:
+    q = tmp_path / "e.qcow2"
+    assert img("create", "-f", "qcow2", str(q), "0") == 0
+    assert_qemu_clean(q)
+    assert img("resize", str(q), "+1M") == 0
+    assert_qemu_clean(q)
+    with Qcow2Backend(str(q)) as b:
+        b.write(4096, b"\x09" * 4096)
+    assert_qemu_clean(q)
+    assert qimg("info", "--output=json", str(q)).stdout.count('"virtual-size": 1048576') == 1

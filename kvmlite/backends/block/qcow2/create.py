@@ -57,7 +57,7 @@ def create_qcow2(
     l1_size = -(-size // (cs * (cs // 8)))
     if l1_size * 8 > hdr.MAX_L1_BYTES:
         raise ImageError("image too large for this cluster size; use a larger cluster_size")
-    l1_clusters = max(1, -(-l1_size * 8 // cs))
+    l1_clusters = -(-l1_size * 8 // cs)  # 0 for an empty disk: the L1 table is empty
     h = hdr.Header(
         version=version,
         backing_file_offset=0,
