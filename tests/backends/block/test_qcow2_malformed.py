@@ -254,3 +254,41 @@ def test_fuzz_header_bytes(header: bytes) -> None:
         p = Path(d) / "h.qcow2"
         p.write_bytes(bytes(img))
         _exercise(p, read_only=True)
+
+
+_SNAP_TEMPLATE: bytes | None = None
+
+
+def _snap_template() -> bytes:
+    global _SNAP_TEMPLATE
+    if _SNAP_TEMPLATE is None:
+        with tempfile.TemporaryDirectory() as d:
+            p = _image(Path(d))
+            run("qemu-img", "snapshot", "-c", "fuzz-snapshot", str(p))
+            qemu_io(p, "write -P 0x43 4k 8k")
+            _SNAP_TEMPLATE = p.read_bytes()
+    return _SNAP_TEMPLATE
+
+
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), read_only=st.booleans())
+def test_fuzz_image_with_snapshot(data: st.DataObject, read_only: bool) -> None:
+    """Anywhere in the file, snapshot table included; the snapshot is opened too."""
+    img = bytearray(_snap_template())
+    for _ in range(data.draw(st.integers(1, 6))):
+        off = data.draw(st.integers(0, len(img) - 1))
+        patch = data.draw(st.binary(min_size=1, max_size=8))
+        img[off : off + len(patch)] = patch[: len(img) - off]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "s.qcow2"
+        p.write_bytes(bytes(img))
+        before = p.read_bytes()
+        _exercise(p, read_only)
+        try:
+            with Qcow2Backend(str(p), snapshot="fuzz-snapshot", open_backing=False) as s:
+                s.read(0, min(s.size, 128 << 10))
+        except KvmliteError:
+            pass
+        if read_only:
+            assert p.read_bytes() == before
+        assert os.listdir(d) == ["s.qcow2"]

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,6 +46,7 @@ config = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES or 25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=config, ops=st.lists(_op(), min_size=1, max_size=25))
 def test_random_ops_match_model(cfg: tuple[int, int, int, bool], ops: list) -> None:
