@@ -41,6 +41,7 @@ struct pci_fn {
 };
 
 static u64 bar_alloc_next = BAR_ALLOC_BASE;
+static u32 bars_assigned; /* how many BARs this guest had to place itself */
 
 static u32 pci_address(struct pci_fn f, u8 reg)
 {
@@ -146,6 +147,7 @@ static u64 pci_bar_address(struct pci_fn f, int index)
 	if (addr + size > BAR_ALLOC_LIMIT)
 		return 0;
 	bar_alloc_next = addr + size;
+	bars_assigned++;
 	pci_write32(f, reg, (u32)addr | (lo & 0xf));
 	if (is64)
 		pci_write32(f, reg + 4, 0);

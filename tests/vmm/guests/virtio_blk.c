@@ -507,10 +507,16 @@ static int verify(const struct options *o)
 		r = verify_flush();
 	if (r)
 		return r;
+	/* Completions the guest found before it ever halted leave their interrupt pending
+	 * (or still on its way from the VMM's I/O thread): give it up to two watchdog ticks. */
+	for (u32 start = watchdog_ticks; !queue_irqs && watchdog_ticks - start < 2;)
+		irq_wait();
 	puts("vblk: irqs queue=");
 	put_dec(queue_irqs);
 	puts(" config=");
 	put_dec(config_irqs);
+	puts(" watchdog=");
+	put_dec(watchdog_ticks);
 	putc('\n');
 	if (!queue_irqs)
 		return fail(EXIT_NO_IRQ, "completions came without a queue interrupt");
@@ -587,6 +593,11 @@ static int device_init(void)
 	if (virtio_pci_find_caps(&vdev, &notify_multiplier))
 		return fail(EXIT_NO_CAPS, "virtio common/notify/ISR/device capability missing");
 	pci_enable(vdev.fn);
+	puts("vblk: common cfg at ");
+	put_hex(vdev.common);
+	puts(", BARs placed by this guest: ");
+	put_dec(bars_assigned);
+	putc('\n');
 	if (msix_init(vdev.fn))
 		return fail(EXIT_MSIX, "no usable MSI-X capability");
 	if (virtio_reset(&vdev))
