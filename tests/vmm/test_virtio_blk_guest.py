@@ -155,6 +155,7 @@ def _check_verify(run: GuestRun, disk: Path, original: bytes) -> None:
     assert run.value("wrote ") == "200 sectors at 1000"
     assert "readback ok" in run.lines
     assert "flush ok" in run.lines
+    assert run.value("read past end status=") == "1"  # VIRTIO_BLK_S_IOERR
     # The guest's checksum of the sectors it read is that of the host's bytes.
     expected = checksum(original[3 * SECTOR : 40 * SECTOR])
     assert run.value("read 37 sectors at 3 sum=") == f"{expected:016x}"

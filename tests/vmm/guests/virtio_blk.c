@@ -12,7 +12,8 @@
  *       GET_ID (prints "serial=..."); writes sectors A..A+B-1, each 512-byte sector the
  *       64 words pattern(S, sector, i) (see pattern() below), as 4 KiB requests whose data
  *       is split over two descriptors, several in flight; reads them back and compares;
- *       reads sectors C..C+D-1 and prints the checksum() of their bytes; FLUSH. On a
+ *       reads sectors C..C+D-1 and prints the checksum() of their bytes; reads the sector
+ *       past the end (expects IOERR, "read past end status=1"); FLUSH. On a
  *       read-only device (VIRTIO_BLK_F_RO) it writes one sector and expects IOERR instead
  *       ("ro write status=1").
  *   mode=bench op=read|write size=BYTES count=N qd=N seq|rand seed=S
@@ -117,6 +118,7 @@ static u64 capacity, negotiated;
 static u32 nslots;
 static struct virtio_blk_req req_hdr[MAX_SLOTS];
 static volatile u8 req_status[MAX_SLOTS];
+static u32 req_writable[MAX_SLOTS]; /* device-writable bytes in each slot's chain */
 
 /* ---- output ------------------------------------------------------------------------ */
 
@@ -312,10 +314,15 @@ static void submit(u32 slot, const struct io *io)
 		set_desc(d++, io->buf, io->len, data_flags);
 	}
 	set_desc(d, (u64)&req_status[slot], 1, VIRTQ_DESC_F_WRITE);
+	req_writable[slot] = 1 + (data_flags & VIRTQ_DESC_F_WRITE ? io->len : 0);
 	vq_publish(&vdev, head);
 }
 
-/* The next completed request's slot, waiting for its interrupt; -EXIT_* on failure. */
+/*
+ * The next completed request's slot, waiting for its interrupt; -EXIT_* on failure.
+ * The used length must be what the device wrote (§2.7.8.2): the data of an IN or GET_ID
+ * plus the status byte; a successful virtio-blk request fills every writable byte.
+ */
 static int reap(void)
 {
 	u32 start = watchdog_ticks;
@@ -330,7 +337,16 @@ static int reap(void)
 	struct virtq_used_elem e = vq_pop_used(&vdev);
 	if (e.id % DESC_PER_SLOT || e.id / DESC_PER_SLOT >= nslots)
 		return -fail(EXIT_BAD_USED, "used ring returned a descriptor that is no chain head");
-	return (int)(e.id / DESC_PER_SLOT);
+	u32 slot = e.id / DESC_PER_SLOT;
+	if (req_status[slot] == VIRTIO_BLK_S_OK && e.len != req_writable[slot]) {
+		puts("vblk: used length ");
+		put_dec(e.len);
+		puts(", expected ");
+		put_dec(req_writable[slot]);
+		putc('\n');
+		return -fail(EXIT_BAD_USED, "used length is not the bytes written");
+	}
+	return (int)slot;
 }
 
 /*
@@ -476,6 +492,26 @@ static int verify_reads(const struct options *o)
 	return 0;
 }
 
+/* A read of the sector past the end: the device must answer IOERR (§5.2.6.1) and must
+ * not write the buffer (checked: it still holds a marker). */
+static int verify_past_end(void)
+{
+	u64 *buf = (u64 *)DATA_BASE;
+	u8 status = 0;
+	for (int i = 0; i < SECTOR / 8; i++)
+		buf[i] = 0x5a5a5a5a5a5a5a5aUL;
+	int r = range_io(VIRTIO_BLK_T_IN, capacity, 1, (u64)buf, 0, VIRTIO_BLK_S_IOERR, &status);
+	puts("vblk: read past end status=");
+	put_dec(status);
+	putc('\n');
+	if (r)
+		return r;
+	for (int i = 0; i < SECTOR / 8; i++)
+		if (buf[i] != 0x5a5a5a5a5a5a5a5aUL)
+			return fail(EXIT_MISMATCH, "a failed read wrote the buffer");
+	return 0;
+}
+
 static int verify_flush(void)
 {
 	if (!(negotiated & VIRTIO_BLK_F_FLUSH)) {
@@ -503,6 +539,8 @@ static int verify(const struct options *o)
 		r = verify_writes(o);
 	if (!r && o->rcount)
 		r = verify_reads(o);
+	if (!r)
+		r = verify_past_end();
 	if (!r)
 		r = verify_flush();
 	if (r)
