@@ -1,4 +1,4 @@
-"""The ``kvmlite`` command line: ``kvmlite run|img ...``.
+"""The ``kvmlite`` command line: ``kvmlite run|img ...`` (img: kvmlite/imgtool.py).
 
 ``kvmlite run`` exit statuses: 0 the guest powered off (or the user quit
 from the console), 1 kvmlite failed (bad input, KVM error), 2 usage error,
@@ -142,12 +142,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmlite", description="A small VMM for Linux/KVM.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    try:
-        from kvmlite import imgtool
-    except ImportError:  # pragma: no cover - the img tool lands separately
-        pass
-    else:
-        imgtool.register(sub)
+    from kvmlite import imgtool
+
+    imgtool.register(sub)
     return parser
 
 
@@ -162,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         else logging.WARNING,
         format="kvmlite: %(message)s",
     )
+    if args.command == "img":
+        from kvmlite import imgtool
+
+        return imgtool.run(args)
     try:
         return args.func(args)
     except KvmliteError as e:
