@@ -102,6 +102,7 @@ class MockDriver:
         self._data_next = self.data_start
         self._free = list(range(queue_size))
         self.avail_idx = 0
+        self._kicked_idx = 0
         self.last_used = 0
         self.chains: dict[int, SubmittedChain] = {}
 
@@ -207,9 +208,24 @@ class MockDriver:
 
     # -- notifications ----------------------------------------------------------------
 
-    def kick(self) -> None:
-        if self.notify is not None:
+    def kick(self, force: bool = False) -> bool:
+        """Notify the device if it asked for it, as Linux's virtqueue_kick does.
+
+        With EVENT_IDX the kick goes out only if avail idx moved past the
+        device's ``avail_event`` since the last kick (§2.7.10); without it,
+        unless the device set VIRTQ_USED_F_NO_NOTIFY. ``force`` always kicks.
+        Returns whether ``notify`` was called.
+        """
+        new, old = self.avail_idx, self._kicked_idx
+        self._kicked_idx = new
+        if self.event_idx:
+            wanted = ((new - self.avail_event() - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        else:
+            wanted = self.device_wants_kick()
+        if (wanted or force) and self.notify is not None:
             self.notify()
+            return True
+        return False
 
     def device_wants_kick(self) -> bool:
         """Without EVENT_IDX: whether the device cleared VIRTQ_USED_F_NO_NOTIFY."""

@@ -20,6 +20,9 @@ Invariants:
 
 * ``next_avail`` is the next avail-ring slot the device will consume and
   ``next_used`` the next used-ring slot it will fill, both free-running u16.
+* With EVENT_IDX, ``pop`` keeps ``avail_event`` equal to ``next_avail``, so
+  the driver kicks for every chain added after the ones we consumed; devices
+  need not manage notifications to keep receiving kicks.
 * A guest can never make ``pop`` loop forever, touch memory outside RAM or
   raise anything but ``QueueError``/``ChainError``: every chain is walked
   with a hard limit (the queue size), indirect tables are bounds-checked and
@@ -281,11 +284,24 @@ class VirtQueue:
         """
         if not self.ready:
             return None
-        _, avail, _ = self._rings(memory)
+        _, avail, used = self._rings(memory)
         if self.pending(memory) == 0:
-            return None
+            if not self.event_idx:
+                return None
+            # Publish "kick me after next_avail" before concluding the ring is
+            # empty, then look again: a chain added in between either sees
+            # our avail_event (and kicks) or is seen here (§2.7.10).
+            _U16.pack_into(used, 4 + 8 * self.size, self.next_avail)
+            _full_barrier()
+            if self.pending(memory) == 0:
+                return None
         head = _U16.unpack_from(avail, 4 + 2 * (self.next_avail % self.size))[0]
         self.next_avail = (self.next_avail + 1) & 0xFFFF
+        if self.event_idx:
+            # Keep avail_event just past what we consumed, like QEMU's
+            # virtqueue_pop: a device that never re-enables notifications
+            # would otherwise stop getting kicks after the first one.
+            _U16.pack_into(used, 4 + 8 * self.size, self.next_avail)
         if head >= self.size:
             raise ChainError(head, f"head index {head} >= queue size {self.size}")
         return self._walk(memory, head)

@@ -301,3 +301,25 @@ def test_used_elem_layout() -> None:
     assert chain is not None
     q.add_used(mem, chain.head, 0x12345678)
     assert mem.read(drv.used_ring + 2, 10) == struct.pack("<HII", 1, chain.head, 0x12345678)
+
+
+def test_event_idx_pop_keeps_avail_event_current() -> None:
+    # A device that only pops (no enable/disable_notification calls) must
+    # keep getting kicks from a driver that suppresses them like Linux does.
+    mem, drv, q = setup(event_idx=True)
+    kicks = []
+    drv.notify = lambda: kicks.append(1)
+    for n in range(5):
+        drv.add_chain([bytes([n])])
+        assert drv.kick() is True
+        chain = q.pop(mem)
+        assert chain is not None and chain.read_all(mem) == bytes([n])
+        assert q.pop(mem) is None
+        assert drv.avail_event() == q.next_avail
+    assert len(kicks) == 5
+    # Two chains before the device runs: one kick covers both.
+    drv.add_chain([b"a"])
+    assert drv.kick() is True
+    drv.add_chain([b"b"])
+    assert drv.kick() is False
+    assert q.pop(mem) is not None and q.pop(mem) is not None and q.pop(mem) is None
