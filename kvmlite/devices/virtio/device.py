@@ -174,6 +174,9 @@ class VirtioDevice:
                 self.device_error(str(e))
             except (QueueError, GuestMemoryError) as e:
                 self.device_error(f"queue {index}: {e}")
+            except Exception as e:  # a bug of ours: keep the VMM alive, stop the device
+                log.exception("%s: internal error on queue %d", self.name, index)
+                self.device_error(f"internal error on queue {index}: {e!r}")
 
     def handle_queue(self, index: int) -> None:
         """Subclass hook: pop chains of queue ``index`` and serve them."""

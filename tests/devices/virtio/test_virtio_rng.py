@@ -86,3 +86,16 @@ def test_state_round_trip() -> None:
     assert dev2.save().device.acked_features == dev.acked_features
     # Activation itself comes back when the transport re-activates the device.
     assert dev2.save() == VirtioRngState(dataclasses.replace(state.device, activated=False))
+
+
+def test_a_failing_entropy_source_stops_the_device_not_the_vmm() -> None:
+    def broken(n: int) -> bytes:
+        raise RuntimeError("entropy source gone")
+
+    dev = VirtioRng(entropy=broken)
+    resets = []
+    dev.needs_reset_handler = lambda: resets.append(1)
+    [drv], _, _ = attach_drivers(dev, bytearray_memory(1 << 20))
+    drv.add_chain([], [8])
+    drv.kick()  # must not raise
+    assert dev.broken and resets == [1]
