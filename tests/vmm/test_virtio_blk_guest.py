@@ -205,6 +205,19 @@ def test_read_only_disk_fails_writes_with_ioerr(elf: Path, original: bytes, tmp_
         assert disk.read_bytes() == original
 
 
+def test_guest_moves_the_bar(elf: Path, original: bytes, tmp_path: Path):
+    """The guest lays the function's BARs out again at 0xd0000000 before using them
+    (sizing by all-ones writes, decoding off meanwhile): the VMM must move the MMIO
+    regions, notify ioeventfds and MSI-X table with them."""
+    for vmm in ("qemu", "kvmlite"):
+        disk = _disk(tmp_path, f"bar-{vmm}.img", original)
+        run = RUNNERS[vmm](elf, disk, f"{VERIFY_ARGS} bar=0xd0000000")
+        _check_verify(run, disk, original)
+        assert int(run.value("moved ").split()[0]) >= 1
+        common = int(run.value("common cfg at ").split(",")[0], 16)
+        assert 0xD000_0000 <= common < 0xD010_0000
+
+
 def test_short_serial_and_no_flush_data(elf: Path, original: bytes, tmp_path: Path):
     """A serial shorter than 20 bytes comes back NUL-terminated; no sectors asked for."""
     disk = _disk(tmp_path, "s.img", original)
@@ -255,7 +268,14 @@ def test_no_disk_is_a_clear_guest_failure(elf: Path):
 
 @pytest.mark.parametrize(
     "args",
-    ["mode=fast", "mode=bench size=1000 count=1", "mode=bench qd=99", "mode=verify rcount=9000"],
+    [
+        "mode=fast",
+        "mode=bench size=1000 count=1",
+        "mode=bench qd=99",
+        "mode=verify rcount=9000",
+        "mode=verify bar=0x1000",
+        "mode=verify seed=12x",
+    ],
 )
 def test_bad_command_line_is_refused_by_the_guest(args: str, elf: Path, tmp_path: Path):
     disk = tmp_path / "c.img"

@@ -114,10 +114,10 @@ static u64 pci_bar_size(struct pci_fn f, int index, int is64)
 		pci_write32(f, reg + 4, 0xffffffff);
 		mask |= (u64)pci_read32(f, reg + 4) << 32;
 		pci_write32(f, reg + 4, hi);
-	} else {
+	} else if (mask) {
 		mask |= 0xffffffff00000000UL;
 	}
-	return mask ? ~mask + 1 : 0;
+	return mask ? ~mask + 1 : 0; /* no writable address bits: an unimplemented BAR */
 }
 
 /*
@@ -131,12 +131,12 @@ static u64 pci_bar_address(struct pci_fn f, int index)
 	u32 lo = pci_read32(f, reg);
 	if (lo & PCI_BAR_IO)
 		return 0;
-	int is64 = (lo & PCI_BAR_TYPE_MASK) == PCI_BAR_TYPE_64;
+	int is64 = (lo & PCI_BAR_TYPE_MASK) == PCI_BAR_TYPE_64 && index < 5;
 	u64 addr = lo & PCI_BAR_MEM_MASK & 0xffffffff;
 	if (is64)
 		addr |= (u64)pci_read32(f, reg + 4) << 32;
-	if (addr != 0 && addr + 0x1000 <= ADDRESS_LIMIT)
-		return addr;
+	if (addr != 0 && addr < ADDRESS_LIMIT - 0x100000)
+		return addr; /* assumed to fit below 4 GiB: virtio BARs are small */
 
 	u16 cmd = pci_read16(f, PCI_COMMAND);
 	pci_write16(f, PCI_COMMAND, cmd & ~PCI_COMMAND_MEMORY); /* no decoding while moving */
@@ -153,6 +153,38 @@ static u64 pci_bar_address(struct pci_fn f, int index)
 		pci_write32(f, reg + 4, 0);
 	pci_write16(f, PCI_COMMAND, cmd);
 	return addr;
+}
+
+/*
+ * Move every memory BAR of f to naturally aligned addresses from `base`, in BAR order
+ * (§6.2.5.1), as firmware or an OS does when it lays out the window again. Decoding is
+ * off while the BARs are sized and written, then restored. Returns how many moved.
+ */
+static int pci_place_bars(struct pci_fn f, u64 base)
+{
+	u16 cmd = pci_read16(f, PCI_COMMAND);
+	pci_write16(f, PCI_COMMAND, cmd & ~PCI_COMMAND_MEMORY);
+	int moved = 0;
+	for (int i = 0; i < 6; i++) {
+		u8 reg = PCI_BAR0 + 4 * i;
+		u32 lo = pci_read32(f, reg);
+		if (lo & PCI_BAR_IO)
+			continue;
+		int is64 = (lo & PCI_BAR_TYPE_MASK) == PCI_BAR_TYPE_64 && i < 5;
+		u64 size = pci_bar_size(f, i, is64);
+		if (size) {
+			base = (base + size - 1) & ~(size - 1);
+			pci_write32(f, reg, (u32)base | (lo & 0xf));
+			if (is64)
+				pci_write32(f, reg + 4, (u32)(base >> 32));
+			base += size;
+			moved++;
+		}
+		if (is64)
+			i++; /* the upper half is not a BAR of its own */
+	}
+	pci_write16(f, PCI_COMMAND, cmd);
+	return moved;
 }
 
 /* Memory decoding for the BARs, bus mastering for the device's DMA and MSI-X writes. */

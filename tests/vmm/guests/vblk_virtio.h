@@ -18,6 +18,7 @@
 #define VIRTIO_PCI_CAP_NOTIFY_CFG 2
 #define VIRTIO_PCI_CAP_ISR_CFG 3
 #define VIRTIO_PCI_CAP_DEVICE_CFG 4
+#define VIRTIO_CAP_LEN 2
 #define VIRTIO_CAP_CFG_TYPE 3
 #define VIRTIO_CAP_BAR 4
 #define VIRTIO_CAP_OFFSET 8
@@ -131,8 +132,11 @@ static int virtio_pci_find_caps(struct virtio_pci *v, u32 *notify_multiplier)
 	     cap = pci_next_cap(v->fn, cap, PCI_CAP_ID_VNDR)) {
 		u8 type = pci_read8(v->fn, cap + VIRTIO_CAP_CFG_TYPE);
 		u8 bar = pci_read8(v->fn, cap + VIRTIO_CAP_BAR);
+		u8 len = pci_read8(v->fn, cap + VIRTIO_CAP_LEN);
 		if (type < 1 || type > 4 || *slot[type] || bar > 5)
 			continue; /* PCI_CFG access window, unknown types, later duplicates */
+		if (len < (type == VIRTIO_PCI_CAP_NOTIFY_CFG ? 20 : 16))
+			continue; /* too short to hold its fields (§4.1.4) */
 		u64 base = pci_bar_address(v->fn, bar);
 		if (!base)
 			continue;

@@ -20,6 +20,9 @@
  *       N requests of BYTES (a multiple of 512), up to qd in flight, sequential from
  *       sector 0 (wrapping at the end of the disk) or at random size-aligned offsets.
  *
+ * Either mode also takes bar=ADDR: before anything else, move the function's memory BARs to
+ * ADDR and up (as an OS re-laying out the window would), to exercise the VMM's BAR moves.
+ *
  * Lines on COM1 start with "vblk: "; a failure prints "vblk: FAIL <reason>" and exits
  * through the debug-exit port with one of the EXIT_* codes below (0 = success).
  *
@@ -111,6 +114,7 @@ struct options {
 	u64 wstart, wcount, rstart, rcount;
 	int write, random;
 	u64 size, count, qd;
+	u64 bar; /* 0: keep the BARs where they are */
 };
 
 static struct virtio_pci vdev;
@@ -219,9 +223,9 @@ static int parse_word(struct options *o, const char *w, int n)
 		return 0;
 	}
 	static const char *const keys[] = {"seed", "wstart", "wcount", "rstart", "rcount",
-					   "size", "count", "qd"};
-	u64 *const dest[] = {&o->seed,   &o->wstart, &o->wcount, &o->rstart, &o->rcount,
-			     &o->size,   &o->count,  &o->qd};
+					   "size", "count", "qd",     "bar"};
+	u64 *const dest[] = {&o->seed, &o->wstart, &o->wcount, &o->rstart, &o->rcount,
+			     &o->size, &o->count,  &o->qd,     &o->bar};
 	for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		if (streq(w, keys[i], k)) {
 			*dest[i] = parse_number(val, vn);
@@ -616,7 +620,11 @@ static int check_options(struct hvm_start_info *si, const struct options *o)
 		need = o->size * o->qd;
 	} else {
 		need = (2 * o->wcount + o->rcount) * SECTOR;
+		if (need < SECTOR)
+			need = SECTOR; /* the read past the end */
 	}
+	if (o->bar && (o->bar < BAR_ALLOC_BASE || o->bar >= BAR_ALLOC_LIMIT))
+		return fail(EXIT_CMDLINE, "bar= must lie in 0xc0000000..0xfebfffff");
 	if (need > DATA_MAX)
 		return fail(EXIT_CMDLINE, "buffers needed exceed 32 MiB");
 	if (!ram_covers(si, need))
@@ -689,6 +697,12 @@ int main(struct hvm_start_info *si)
 	putc('.');
 	put_dec(vdev.fn.fn);
 	putc('\n');
+	if (o.bar) {
+		int moved = pci_place_bars(vdev.fn, o.bar);
+		puts("vblk: moved ");
+		put_dec(moved);
+		puts(" BARs\n");
+	}
 	irq_init();
 	r = device_init();
 	if (r)
