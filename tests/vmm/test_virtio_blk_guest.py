@@ -5,9 +5,10 @@ The guest finds the modern virtio-blk PCI function, maps its virtio capabilities
 writes a known pattern, reads it back, reads sectors the host filled, issues GET_ID and
 FLUSH (§5.2.6). The judge is the host file: after the run it must hold the pattern
 exactly where the guest wrote it and nothing else may have changed; the checksum the
-guest printed must be that of the host's bytes. Each case also runs the same guest on
-QEMU's virtio-blk-pci (q35 with qboot, so the guest places its own BAR) as a cross-check
-of the guest itself: if QEMU passes and kvmlite fails, the fault is kvmlite's.
+guest printed must be that of the host's bytes. The verify, read-only and BAR-move cases
+run the same guest on QEMU's virtio-blk-pci first (q35 with qboot, so the guest places
+its own BAR) as a cross-check of the guest itself: if QEMU passes and kvmlite fails, the
+fault is kvmlite's. Failure messages name the VMM.
 """
 
 from __future__ import annotations
@@ -149,25 +150,26 @@ def _disk(tmp_path: Path, name: str, content: bytes) -> Path:
 
 
 def _check_verify(run: GuestRun, disk: Path, original: bytes) -> None:
-    assert run.code == 0, run.log
-    assert run.lines[-1] == "ok", run.log
-    assert run.value("serial=") == SERIAL
-    assert run.value("wrote ") == "200 sectors at 1000"
-    assert "readback ok" in run.lines
-    assert "flush ok" in run.lines
-    assert run.value("read past end status=") == "1"  # VIRTIO_BLK_S_IOERR
+    who = f"{run.vmm}:\n{run.log}"
+    assert run.code == 0, who
+    assert run.lines[-1] == "ok", who
+    assert run.value("serial=") == SERIAL, who
+    assert run.value("wrote ") == "200 sectors at 1000", who
+    assert "readback ok" in run.lines, who
+    assert "flush ok" in run.lines, who
+    assert run.value("read past end status=") == "1", who  # VIRTIO_BLK_S_IOERR
     # The guest's checksum of the sectors it read is that of the host's bytes.
     expected = checksum(original[3 * SECTOR : 40 * SECTOR])
-    assert run.value("read 37 sectors at 3 sum=") == f"{expected:016x}"
+    assert run.value("read 37 sectors at 3 sum=") == f"{expected:016x}", who
     # The host file holds the pattern where the guest wrote, and nothing else changed.
     after = disk.read_bytes()
-    assert len(after) == len(original)
+    assert len(after) == len(original), run.vmm
     written = b"".join(pattern_sector(0x5EED, s) for s in range(1000, 1200))
-    assert after[1000 * SECTOR : 1200 * SECTOR] == written
-    assert after[: 1000 * SECTOR] == original[: 1000 * SECTOR]
-    assert after[1200 * SECTOR :] == original[1200 * SECTOR :]
+    assert after[1000 * SECTOR : 1200 * SECTOR] == written, f"{run.vmm}: pattern not on disk"
+    assert after[: 1000 * SECTOR] == original[: 1000 * SECTOR], f"{run.vmm}: wrote below"
+    assert after[1200 * SECTOR :] == original[1200 * SECTOR :], f"{run.vmm}: wrote above"
     queue_irqs = int(run.value("irqs queue=").split()[0])
-    assert queue_irqs > 0
+    assert queue_irqs > 0, who
 
 
 def test_verify_writes_reads_get_id_flush(elf: Path, original: bytes, tmp_path: Path):
@@ -195,14 +197,15 @@ def test_read_only_disk_fails_writes_with_ioerr(elf: Path, original: bytes, tmp_
     for vmm in ("qemu", "kvmlite"):
         disk = _disk(tmp_path, f"ro-{vmm}.img", original)
         run = RUNNERS[vmm](elf, disk, VERIFY_ARGS, ro=True)
-        assert run.code == 0, run.log
+        who = f"{vmm}:\n{run.log}"
+        assert run.code == 0, who
         negotiated = int(run.value("features ").split()[0], 16)
         assert negotiated & (1 << 5), f"{vmm}: VIRTIO_BLK_F_RO not negotiated"
-        assert run.value("ro write status=") == "1"  # VIRTIO_BLK_S_IOERR
-        assert run.value("serial=") == SERIAL
+        assert run.value("ro write status=") == "1", who  # VIRTIO_BLK_S_IOERR
+        assert run.value("serial=") == SERIAL, who
         expected = checksum(original[3 * SECTOR : 40 * SECTOR])
-        assert run.value("read 37 sectors at 3 sum=") == f"{expected:016x}"
-        assert disk.read_bytes() == original
+        assert run.value("read 37 sectors at 3 sum=") == f"{expected:016x}", who
+        assert disk.read_bytes() == original, f"{vmm}: a read-only disk changed"
 
 
 def test_guest_moves_the_bar(elf: Path, original: bytes, tmp_path: Path):
