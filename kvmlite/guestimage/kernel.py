@@ -164,9 +164,10 @@ class _Builder:
         applied_dir.mkdir(exist_ok=True)
         for p in patches:
             self.say(f"applying {p.name}")
-            self.run(
-                f"patch {p.name}", ["patch", "-p1", "-N", "-E", "--batch", "-i", str(p)], self.src
-            )
+            args = ["patch", "-p1", "-N", "-E", "--batch", "-i", str(p)]
+            # A dry run first, so a patch that does not fit leaves no half-patched tree.
+            self.run(f"patch {p.name} (dry run)", [*args, "--dry-run"], self.src)
+            self.run(f"patch {p.name}", args, self.src)
             shutil.copyfile(p, applied_dir / p.name)
 
     def configure(self, fragment: str) -> str:

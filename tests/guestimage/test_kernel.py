@@ -131,3 +131,31 @@ def test_a_finished_build_is_returned_without_running_make(
     assert other != key
     tarball.write_bytes(b"a different size")
     assert kernel._cache_key(tarball, CONFIG_FRAGMENT.read_bytes(), _patches()) != key
+
+
+def _write_patch(path: Path, old: str, new: str) -> Path:
+    path.write_text(f"why: a header\n\n--- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n-{old}\n+{new}\n")
+    return path
+
+
+def test_changing_the_patch_set_reverts_the_old_one(tmp_path: Path) -> None:
+    b = kernel._Builder(tmp_path, progress=False)
+    b.src.mkdir()
+    (b.src / "f.c").write_text("int x;\n")
+    one = _write_patch(tmp_path / "0001-a.patch", "int x;", "int y;")
+    b.sync_patches([one])
+    assert (b.src / "f.c").read_text() == "int y;\n"
+    b.sync_patches([one])  # same set: nothing to do (a second apply would fail)
+    two = _write_patch(tmp_path / "0001-b.patch", "int x;", "int z;")
+    b.sync_patches([two])
+    assert (b.src / "f.c").read_text() == "int z;\n"
+    b.sync_patches([])
+    assert (b.src / "f.c").read_text() == "int x;\n"
+    bad = _write_patch(tmp_path / "0002-bad.patch", "no such line", "x")
+    with pytest.raises(ImageError, match="0002-bad.patch"):
+        b.sync_patches([one, bad])
+    # The good patch went in and is recorded; the bad one left nothing behind.
+    assert (b.src / "f.c").read_text() == "int y;\n"
+    assert not list(b.src.glob("*.rej")) and not list(b.src.glob("*.orig"))
+    b.sync_patches([])
+    assert (b.src / "f.c").read_text() == "int x;\n"
