@@ -55,7 +55,9 @@ def test_fragment_asks_for_what_the_default_guest_needs() -> None:
         "PROC_FS SYSFS RTC_DRV_CMOS"
     ).split():
         assert want.get(f"CONFIG_{sym}") == "y", sym
-    for sym in "MODULES RANDOMIZE_BASE VIRTIO_PCI_LEGACY CPU_MITIGATIONS IPV6 VT".split():
+    for (
+        sym
+    ) in "MODULES RANDOMIZE_BASE VIRTIO_PCI_LEGACY CPU_MITIGATIONS IPV6 VT LEGACY_PTYS".split():
         assert f"CONFIG_{sym}" in want and want[f"CONFIG_{sym}"] is None, sym
     assert want["CONFIG_PANIC_TIMEOUT"] == "-1"
     assert not [k for k, v in want.items() if k.startswith("CONFIG_RD_") and v is not None]
