@@ -20,6 +20,7 @@ INTx-disable bit and mirroring the level in the status register.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from kvmlite.devices.pci.config import (
     PciConfigState,
 )
 from kvmlite.devices.pci.msix import MsixState, MsixTable
+
+log = logging.getLogger("kvmlite.devices.pci")
 
 BarChange = Callable[["PciDevice", int, "int | None", "int | None"], None]
 
@@ -123,7 +126,12 @@ class PciDevice:
             return
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
             if a != b:
-                self.on_bar_change(self, i, a, b)
+                try:
+                    self.on_bar_change(self, i, a, b)
+                except Exception:
+                    # A guest can program a BAR over another device's; the VMM
+                    # refusing that mapping must not kill the vCPU thread.
+                    log.exception("%s: BAR %d move %s -> %s failed", self.name, i, a, b)
 
     def place_bar(self, index: int, address: int) -> None:
         """Host-side BAR assignment (PciRoot.allocate_bars)."""

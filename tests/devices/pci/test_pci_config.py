@@ -206,3 +206,17 @@ def test_pci_state_round_trip() -> None:
         other.restore_pci(state)
     bridge_state = root.host_bridge.save()
     root.host_bridge.restore(loads(PciDeviceState, dumps(bridge_state)))
+
+
+def test_a_failing_bar_hook_does_not_raise_into_the_guest_access() -> None:
+    root = PciRoot()
+    d = make_device()
+    root.add_device(d)
+    root.allocate_bars((0xC000_0000, 0x1000_0000), None, (0xC000, 0x100))
+
+    def refuse(dev: PciDevice, i: int, old: int | None, new: int | None) -> None:
+        raise ConfigError("overlap")
+
+    d.on_bar_change = refuse
+    d.write_config(0x18, struct.pack("<I", 0xD000_0000))  # logged, not raised
+    assert d.bars()[1].address == 0xD000_0000
