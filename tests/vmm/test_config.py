@@ -86,3 +86,14 @@ def test_host_quirks_switch(tmp_path: Path):
     on = resolve("auto", tmp_path)  # tmp_path exists: looks like a PVM host
     assert on.enabled and "noxsave" in on.cmdline and on.advertise_xsaveerptr
     assert resolve("on", tmp_path / "absent").enabled
+
+
+def test_host_tsc_khz(tmp_path: Path):
+    from kvmlite.vmm.hostquirks import host_tsc_khz
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\ncpu MHz\t\t: 2445.412\n")
+    assert host_tsc_khz(f) == 2445412
+    f.write_text("processor\t: 0\n")
+    assert host_tsc_khz(f) is None
+    assert host_tsc_khz(tmp_path / "absent") is None
