@@ -278,7 +278,9 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
         base, irq = COM_PORTS[n]
         if n == 0:
             console_input = ConsoleInput(loop, console)
-            serial = Serial16550(KvmIrqLine(vm, irq), console.write, console_input.rx_room)
+            serial = Serial16550(
+                KvmIrqLine(vm, irq), _tolerant(console.write), console_input.rx_room
+            )
         else:
             serial = Serial16550(KvmIrqLine(vm, irq), lambda data: None)
         locked = LockedDevice(serial)
@@ -316,6 +318,26 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     )
     pio.insert(LockedDevice(pm), layout.PM1A_EVT_BLK, 12)
     machine.devices["acpi_pm"] = pm
+
+
+def _tolerant(write: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """A console write that survives its reader going away (a closed pipe).
+
+    The guest keeps running; its output is dropped after one log line.
+    """
+    failed = False
+
+    def tolerant_write(data: bytes) -> None:
+        nonlocal failed
+        if failed:
+            return
+        try:
+            write(data)
+        except OSError as e:
+            failed = True
+            log.warning("console output stopped: %s; the guest keeps running", e)
+
+    return tolerant_write
 
 
 class _LockedSink:
