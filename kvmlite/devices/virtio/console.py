@@ -196,6 +196,12 @@ class VirtioConsole(VirtioDevice):
         index = rx_queue(port.id)
         if port.id and not self.multiport:
             return
+        if self.multiport and not port.guest_open:
+            # Linux drops data that reaches a port it has not connected yet
+            # (virtio_console.c in_intr -> discard_port_data); it sends
+            # PORT_OPEN once it is connected (console ports included, from
+            # init_port_console), and that flushes what waited here.
+            return
         q, mem = self.queues[index], self.memory
         assert mem is not None
         moved = False

@@ -46,6 +46,27 @@ def setup(ports: int = 1) -> tuple[VirtioConsole, FakeChar, list[FakeChar], list
     return dev, con, named, drivers
 
 
+def guest_opens(drv: list[MockDriver], port: int) -> None:
+    """The guest's PORT_OPEN for ``port``, as Linux sends once it connected it."""
+    for _ in range(4):
+        drv[2].add_chain([], [256])
+    drv[3].add_chain([ctrl(port, VIRTIO_CONSOLE_PORT_OPEN, 1)])
+    drv[3].kick()
+
+
+def test_input_waits_for_the_guest_to_open_the_port() -> None:
+    # Linux discards data reaching a port it has not connected (in_intr ->
+    # discard_port_data), so host input must wait for PORT_OPEN.
+    dev, con, _, drv = setup(0)
+    con.pending += b"early"
+    drv[0].add_chain([], [16])
+    assert dev.handle_input(0) is True
+    drv[0].kick()
+    assert drv[0].get_used() == []  # held back: the port is not open yet
+    guest_opens(drv, 0)
+    assert [u.written[: u.length] for u in drv[0].get_used()] == [b"early"]
+
+
 def test_config_and_queue_count() -> None:
     dev, *_ = setup(2)
     assert dev.num_queues == 8
@@ -62,6 +83,7 @@ def test_console_output_input_and_emergency_write() -> None:
     assert [u.length for u in drv[1].get_used()] == [0]
     dev.write_config(8, struct.pack("<I", ord("!")))
     assert con.out.endswith(b"!")
+    guest_opens(drv, 0)
     con.pending += b"typed"
     drv[0].add_chain([], [3])
     drv[0].add_chain([], [16])
@@ -117,6 +139,7 @@ def test_control_messages_wait_for_buffers() -> None:
 
 def test_input_back_pressure() -> None:
     dev, con, _, drv = setup(0)
+    guest_opens(drv, 0)
     ready: list[int] = []
     dev.input_ready_handler = ready.append
     con.pending += b"x" * INPUT_BUFFER

@@ -1,0 +1,155 @@
+/*
+ * virtio_check: a one-process /init that exercises kvmlite's virtio devices
+ * with Linux's own drivers, and reports on /dev/console in check_init's
+ * "KVMLITE-CHECK key=value" format:
+ *
+ *   virtio_irqs=<lines of /proc/interrupts naming virtio>
+ *   msix=<how many of those are PCI-MSI/MSIX>
+ *   vda_sectors=<from /sys/block/vda/size>
+ *   vda_fnv=<FNV-1a 64 of the disk's first 64 KiB, as read by the guest>
+ *   vda_write=ok             64 KiB pattern written at 1 MiB and fsync'ed
+ *   hwrng=<hex of 32 bytes from /dev/hwrng>
+ *   hvc0_in=<a line the host sent to hvc0>
+ *   KVMLITE-CHECK-DONE
+ *
+ * and writes "hello-from-hvc0" to /dev/hvc0 before reading. The pattern is
+ * byte i of the region = (i * 7 + 13) & 0xff, so the host can check it.
+ * Build: gcc -static -O2 -o virtio_check virtio_check.c
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define REGION (64 * 1024)
+#define WRITE_AT (1024 * 1024)
+
+static void emit(const char *key, const char *value)
+{
+	dprintf(1, "KVMLITE-CHECK %s=%s\n", key, value);
+}
+
+static void emit_int(const char *key, long v)
+{
+	char buf[32];
+	snprintf(buf, sizeof(buf), "%ld", v);
+	emit(key, buf);
+}
+
+static void interrupts(void)
+{
+	char line[512];
+	long virtio = 0, msi = 0;
+	FILE *f = fopen("/proc/interrupts", "r");
+
+	if (!f) {
+		emit("virtio_irqs", "unreadable");
+		return;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		if (!strstr(line, "virtio"))
+			continue;
+		virtio++;
+		if (strstr(line, "PCI-MSI"))
+			msi++;
+	}
+	fclose(f);
+	emit_int("virtio_irqs", virtio);
+	emit_int("msix", msi);
+}
+
+static void disk(void)
+{
+	static unsigned char buf[REGION];
+	char size[64] = "absent";
+	uint64_t h = 1469598103934665603ULL;
+	int fd = open("/sys/block/vda/size", O_RDONLY);
+
+	if (fd >= 0) {
+		ssize_t n = read(fd, size, sizeof(size) - 1);
+		size[n > 0 ? n : 0] = 0;
+		size[strcspn(size, "\n")] = 0;
+		close(fd);
+	}
+	emit("vda_sectors", size);
+	fd = open("/dev/vda", O_RDWR);
+	if (fd < 0 || pread(fd, buf, REGION, 0) != REGION) {
+		emit("vda_fnv", "read-failed");
+		return;
+	}
+	for (int i = 0; i < REGION; i++)
+		h = (h ^ buf[i]) * 1099511628211ULL;
+	char hex[32];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)h);
+	emit("vda_fnv", hex);
+	for (int i = 0; i < REGION; i++)
+		buf[i] = (unsigned char)(i * 7 + 13);
+	int ok = pwrite(fd, buf, REGION, WRITE_AT) == REGION && fsync(fd) == 0;
+	emit("vda_write", ok ? "ok" : "failed");
+	close(fd);
+}
+
+static void hwrng(void)
+{
+	unsigned char b[32];
+	char hex[65];
+	int fd = open("/dev/hwrng", O_RDONLY);
+
+	if (fd < 0 || read(fd, b, sizeof(b)) != (ssize_t)sizeof(b)) {
+		emit("hwrng", "unreadable");
+		return;
+	}
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", b[i]);
+	emit("hwrng", hex);
+	close(fd);
+}
+
+static void hvc0(void)
+{
+	char line[128];
+	int fd = open("/dev/hvc0", O_RDWR | O_NOCTTY);
+
+	if (fd < 0) {
+		emit("hvc0_in", "absent");
+		return;
+	}
+	if (write(fd, "hello-from-hvc0\n", 16) != 16)
+		emit("hvc0_out", "failed");
+	struct pollfd p = {fd, POLLIN, 0};
+	ssize_t n = 0;
+	if (poll(&p, 1, 120000) == 1)
+		n = read(fd, line, sizeof(line) - 1);
+	line[n > 0 ? n : 0] = 0;
+	line[strcspn(line, "\r\n")] = 0;
+	emit("hvc0_in", n > 0 ? line : "timeout");
+	close(fd);
+}
+
+int main(void)
+{
+	mkdir("/proc", 0755);
+	mkdir("/sys", 0755);
+	mkdir("/dev", 0755);
+	mount("proc", "/proc", "proc", 0, NULL);
+	mount("sysfs", "/sys", "sysfs", 0, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	int con = open("/dev/console", O_WRONLY);
+	if (con >= 0 && con != 1)
+		dup2(con, 1);
+
+	interrupts();
+	disk();
+	hwrng();
+	hvc0();
+	dprintf(1, "KVMLITE-CHECK-DONE\n");
+	sync();
+	reboot(RB_POWER_OFF);
+	return 0;
+}

@@ -1,0 +1,124 @@
+"""Slow: Linux's own virtio drivers against kvmlite's devices, on /dev/kvm.
+
+The minimal kernel boots with tests/guests/linux/virtio_check.c as /init,
+once over virtio-pci (MSI-X) and once over virtio-mmio. Judges: the host
+file for the disk (what the guest read and what it wrote), the guest's
+/proc/interrupts for MSI-X, and the host end of hvc0's unix socket.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmlite.testing.expect import Expect
+
+from .test_linux_boot import BOOT_TIMEOUT, check_report
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm"),
+]
+
+REGION = 64 * 1024
+WRITE_AT = 1 << 20
+
+
+def fnv1a64(data: bytes) -> str:
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+@pytest.fixture(scope="module")
+def guest():
+    from kvmlite.guestimage import build_kernel, default_cache_dir
+    from kvmlite.guestimage.initramfs import build_single_init_initramfs
+    from kvmlite.guestimage.programs import GUEST_SOURCES, compile_static
+
+    cache = default_cache_dir()
+    kernel = build_kernel(cache, progress=False)
+    init = compile_static(GUEST_SOURCES / "virtio_check.c", cache)
+    initrd = build_single_init_initramfs(init, cache / "initramfs" / "virtio_check.cpio")
+    return kernel.vmlinux, initrd
+
+
+class Hvc0Peer(threading.Thread):
+    """The host end of hvc0: connects, sends a line, collects what the guest says."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.received = bytearray()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(self.path))
+        s.sendall(b"ping-from-host\n")
+        s.settimeout(BOOT_TIMEOUT)
+        try:
+            while b"hello-from-hvc0" not in self.received:
+                data = s.recv(4096)
+                if not data:
+                    break
+                self.received += data
+        except OSError:
+            pass
+        s.close()
+
+
+@pytest.mark.parametrize("transport", ["pci", "pci-intx", "mmio"])
+def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
+    """pci: MSI-X; pci-intx: the same devices with ``pci=nomsi``, so the
+    interrupts take the INTx lines the MP table and the DSDT _PRT describe;
+    mmio: virtio-mmio devices named on the kernel command line."""
+    vmlinux, initrd = guest
+    disk = tmp_path / "disk.img"
+    head = random.Random(7).randbytes(REGION)
+    with open(disk, "wb") as f:
+        f.write(head)
+        f.truncate(8 << 20)
+    sock = tmp_path / "hvc0.sock"
+    peer = Hvc0Peer(sock)
+    peer.start()
+    argv = [sys.executable, "-m", "kvmlite.cli", "run", "--console", "stdio",
+            "-k", str(vmlinux), "-i", str(initrd), "-m", "64",
+            "-d", f"{disk},serial=kvmlite0", "--rng", "--virtio-console", f"unix:{sock}",
+            "--virtio-transport", transport.split("-")[0]]  # fmt: skip
+    if transport == "pci-intx":
+        argv += ["-a", "pci=nomsi"]
+    console = Expect.spawn(argv)
+    try:
+        facts = check_report(console)
+        console.wait_eof(120)
+        status = console.process.wait(30)
+    finally:
+        console.close()
+    peer.join(10)
+
+    assert status == 0
+    assert facts["vda_sectors"] == [str((8 << 20) // 512)]
+    assert facts["vda_fnv"] == [fnv1a64(head)]
+    assert facts["vda_write"] == ["ok"]
+    written = disk.read_bytes()[WRITE_AT : WRITE_AT + REGION]
+    assert written == bytes((i * 7 + 13) & 0xFF for i in range(REGION))
+    rng = bytes.fromhex(facts["hwrng"][0])
+    assert len(rng) == 32 and len(set(rng)) > 8
+    assert facts["hvc0_in"] == ["ping-from-host"]
+    assert b"hello-from-hvc0" in peer.received
+    assert int(facts["virtio_irqs"][0]) >= 3
+    if transport == "pci":
+        assert int(facts["msix"][0]) >= 3  # MSI-X vectors for blk, rng and console queues
+    else:
+        assert facts["msix"] == ["0"]  # INTx through the IOAPIC, or the mmio IRQs
