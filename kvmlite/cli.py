@@ -138,18 +138,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.status
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmlite", description="A small VMM for Linux/KVM.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
-    from kvmlite import imgtool
+    if argv is None or argv[:1] == ["img"]:
+        from kvmlite import imgtool
 
-    imgtool.register(sub)
+        imgtool.register(sub)
+    else:  # listed in --help; the image tools load only when used (start-up time)
+        sub.add_parser("img", help="create, inspect, check and convert disk images")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = make_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG

@@ -162,6 +162,8 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
 
 def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring) -> None:
     """Disks, entropy and console, on the transport the user chose."""
+    if not (config.disks or config.rng is not None or config.virtio_console or config.virtio_ports):
+        return
     from kvmlite.backends.block import open_image
     from kvmlite.backends.char import parse_console_spec
     from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock, VirtioConsole, VirtioRng
