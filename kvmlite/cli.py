@@ -51,7 +51,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="PATH[,ro][,...]",
-        help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2]",
+        help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2][,queues=N]",
     )
     p.add_argument(
         "--rng",

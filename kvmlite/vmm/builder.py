@@ -179,7 +179,9 @@ def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring
             str(disk.path), disk.format, read_only=disk.read_only, direct=disk.direct
         )
         machine.closers.append(backend.close)
-        blk = VirtioBlock(backend, serial=disk.serial or "", executor=executor)
+        blk = VirtioBlock(
+            backend, serial=disk.serial or "", num_queues=disk.queues, executor=executor
+        )
         machine.devices[f"disk{n}"] = add(blk)
     if config.rng is not None:
 

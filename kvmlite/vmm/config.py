@@ -34,13 +34,14 @@ def parse_size(text: str, *, default_unit: str = "M") -> int:
 
 @dataclass
 class DiskConfig:
-    """A virtio-blk drive: ``-d PATH[,ro][,direct][,serial=S][,format=F]``."""
+    """A virtio-blk drive: ``-d PATH[,ro][,direct][,serial=S][,format=F][,queues=N]``."""
 
     path: Path
     read_only: bool = False
     direct: bool = False
     serial: str | None = None
     format: str | None = None
+    queues: int = 1
 
     @classmethod
     def parse(cls, spec: str) -> DiskConfig:
@@ -60,10 +61,12 @@ class DiskConfig:
                 disk.serial = value
             elif key == "format" and value in ("raw", "qcow2"):
                 disk.format = value
+            elif key == "queues" and value.isdigit() and 1 <= int(value) <= 64:
+                disk.queues = int(value)
             else:
                 raise ConfigError(
                     f"bad disk option {opt!r} in {spec!r}: "
-                    "known options are ro, direct, serial=S, format=raw|qcow2"
+                    "known options are ro, direct, serial=S, format=raw|qcow2, queues=1..64"
                 )
         return disk
 

@@ -69,7 +69,15 @@ def test_disk_spec():
         "abc",
         "qcow2",
     )
-    for bad in ["", "/x,rw", "/x,serial=" + "a" * 21, "/x,format=vmdk"]:
+    assert DiskConfig.parse("/x,queues=4").queues == 4
+    for bad in [
+        "",
+        "/x,rw",
+        "/x,serial=" + "a" * 21,
+        "/x,format=vmdk",
+        "/x,queues=0",
+        "/x,queues=a",
+    ]:
         with pytest.raises(ConfigError):
             DiskConfig.parse(bad)
 

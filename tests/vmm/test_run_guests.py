@@ -62,3 +62,11 @@ def test_mmio_and_pio_exits_without_devices_read_all_ones(out):
 
     r = kvmlite_run("-k", build_guest(GUEST_DIR / "mmio.c", out, kind="pvh"), "-m", "32")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("guest,status", [("reset", 3), ("poweroff", 0)])
+def test_reset_and_acpi_poweroff_exit_statuses(out, guest, status):
+    elf = pvh_guest(guest, out / guest)
+    r = kvmlite_run("-k", elf, "-m", "32", "-v")
+    assert r.returncode == status, r.stderr
+    assert ("i8042 reset" if guest == "reset" else "ACPI poweroff") in r.stderr
