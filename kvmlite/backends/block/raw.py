@@ -85,6 +85,9 @@ class RawBackend(BlockBackend):
         self.read_only = read_only
         self.direct = direct
         self._probed = probed
+        # RWF_NOWAIT support, found out on first use (per direction: ext4,
+        # for one, takes it for buffered reads but not for buffered writes).
+        self._nowait_unsupported = {"read": False, "write": False}
         self._fd = open_fd(path, read_only, direct)
         self._closed = False
         st = os.fstat(self._fd)
@@ -111,6 +114,48 @@ class RawBackend(BlockBackend):
                 break
             done += n
         return total
+
+    def readv_nowait(self, offset: int, bufs: Sequence[memoryview]) -> int | None:
+        """preadv with RWF_NOWAIT: all from the page cache at once, or None."""
+        if self.direct or self._nowait_unsupported["read"]:
+            return None
+        total = iov_length(bufs)
+        self._check_range(offset, total)
+        try:
+            n = os.preadv(self._fd, bufs, offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait_unsupported["read"] = True
+                return None
+            raise
+        # A short read means part of the range was not cached (or past EOF):
+        # let the blocking path redo the whole request; reading twice is harmless.
+        return total if n == total else None
+
+    def writev_nowait(self, offset: int, bufs: Sequence[bytes | memoryview]) -> int | None:
+        """pwritev with RWF_NOWAIT (buffered writes that need no I/O), or None."""
+        if self.direct or self._nowait_unsupported["write"] or self.read_only:
+            return None
+        total = iov_length(bufs)
+        self._check_range(offset, total)
+        if self._probed and offset < 512 and total:
+            return None  # the sector-0 magic check belongs to the full path
+        try:
+            n = os.pwritev(self._fd, bufs, offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait_unsupported["write"] = True
+                return None
+            raise
+        if n == total:
+            return total
+        # Part of it went in: finish the rest the blocking way, on this thread
+        # (rare: only when the page cache filled up in the middle).
+        return self.writev(offset, bufs)
 
     def writev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> int:
         self._check_writable()
