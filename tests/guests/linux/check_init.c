@@ -27,6 +27,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 static int out = 1;
@@ -156,6 +157,10 @@ int main(void)
 	static const char done[] = "KVMLITE-CHECK-DONE\n";
 	if (write(out, done, sizeof(done) - 1) < 0)
 		return 2;
+	/* The tty sends our bytes out later, by interrupt; the kernel's own
+	 * power-off messages go straight to the UART. Wait for ours first, or
+	 * the two interleave on the console. */
+	tcdrain(out);
 	sync();
 	reboot(RB_POWER_OFF);
 	return 1;

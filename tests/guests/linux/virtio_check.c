@@ -25,6 +25,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define REGION (64 * 1024)
@@ -149,6 +150,7 @@ int main(void)
 	hwrng();
 	hvc0();
 	dprintf(1, "KVMLITE-CHECK-DONE\n");
+	tcdrain(1); /* see check_init.c: let the tty drain before power-off */
 	sync();
 	reboot(RB_POWER_OFF);
 	return 0;
