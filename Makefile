@@ -16,7 +16,7 @@ APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 run: deps guest
 	$(VENV)/bin/kvmlite run
 
-test: deps guest
+test: deps guest lint
 	$(VENV)/bin/pytest -ra
 
 bench: deps guest
