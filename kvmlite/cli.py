@@ -39,11 +39,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="serial console: stdio, file:PATH, unix:PATH, pty, null",
     )
     p.add_argument(
-        "--serial-ports",
-        type=int,
-        default=1,
-        metavar="N",
-        help="number of 16550A UARTs (COM1..COM4)",
+        "--serial",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="another 16550A UART (COM2, then COM3, COM4) connected to SPEC (file:, unix:, pty)",
     )
     p.add_argument(
         "-d",
@@ -105,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         cpus=args.cpus,
         cpu_features=args.cpu_features,
         console=args.console,
-        serial_ports=args.serial_ports,
+        serial=args.serial,
         acpi=not args.no_acpi,
         host_quirks=args.host_quirks,
         disks=[DiskConfig.parse(d) for d in args.disk],

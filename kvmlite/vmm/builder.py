@@ -278,20 +278,22 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     from kvmlite.devices.legacy.serial import Serial16550
 
     vm, pio, loop = machine.vm, machine.pio_bus, machine.loop
-    for n in range(config.serial_ports):
+    from kvmlite.backends.char import parse_console_spec
+
+    # COM1 is the console; COM2..COM4 exist when the user gives them a backend.
+    backends = [console]
+    for spec in config.serial:
+        backend = parse_console_spec(spec)
+        machine.closers.append(backend.close)
+        backends.append(backend)
+    for n, backend in enumerate(backends):
         base, irq = COM_PORTS[n]
-        if n == 0:
-            console_input = ConsoleInput(loop, console)
-            serial = Serial16550(
-                KvmIrqLine(vm, irq), _tolerant(console.write), console_input.rx_room
-            )
-        else:
-            serial = Serial16550(KvmIrqLine(vm, irq), lambda data: None)
+        serial_input = ConsoleInput(loop, backend)
+        serial = Serial16550(KvmIrqLine(vm, irq), _tolerant(backend.write), serial_input.rx_room)
         locked = LockedDevice(serial)
         pio.insert(locked, base, 8)
         machine.devices[f"serial{n}"] = serial
-        if n == 0:
-            console_input.attach(serial, locked.lock)
+        serial_input.attach(serial, locked.lock)
 
     i8042 = I8042(
         reset=lambda: machine.request_exit(ExitReason.REBOOT, message="i8042 reset"),

@@ -82,7 +82,8 @@ class VmConfig:
     cpus: int = 1
     cpu_features: str = ""
     console: str = "stdio"
-    serial_ports: int = 1
+    #: Backends (console specs) of COM2..COM4; COM1 is ``console``.
+    serial: list[str] = field(default_factory=list)
     acpi: bool = True
     host_quirks: str = "auto"  # auto | on | off: see kvmlite/vmm/hostquirks.py
     disks: list[DiskConfig] = field(default_factory=list)
@@ -104,8 +105,8 @@ class VmConfig:
             raise ConfigError("memory must be a multiple of 2 MiB")
         if not 1 <= self.cpus <= MAX_VCPUS:
             raise ConfigError(f"{self.cpus} vCPUs is out of range: use 1 to {MAX_VCPUS}")
-        if not 1 <= self.serial_ports <= 4:
-            raise ConfigError("serial ports: use 1 to 4 (COM1..COM4)")
+        if len(self.serial) > 3:
+            raise ConfigError("at most 3 --serial ports (COM2..COM4); COM1 is the --console")
         if self.virtio_transport not in ("pci", "mmio"):
             raise ConfigError("--virtio-transport must be pci or mmio")
         if self.rng is not None and self.rng < 0:

@@ -70,3 +70,14 @@ def test_reset_and_acpi_poweroff_exit_statuses(out, guest, status):
     r = kvmlite_run("-k", elf, "-m", "32", "-v")
     assert r.returncode == status, r.stderr
     assert ("i8042 reset" if guest == "reset" else "ACPI poweroff") in r.stderr
+
+
+def test_second_uart_goes_to_its_own_backend(out, tmp_path):
+    elf = pvh_guest("com2", out / "com2")
+    log = tmp_path / "com2.log"
+    r = kvmlite_run("-k", elf, "-m", "32", "--serial", f"file:{log}")
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == "com2 ok\n"
+    assert "scratch=000000000000005a" in r.stdout
+    r = kvmlite_run("-k", elf, "-m", "32")  # no --serial: no COM2 on the bus
+    assert "scratch=00000000000000ff" in r.stdout
