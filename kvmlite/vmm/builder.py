@@ -21,9 +21,11 @@ from kvmlite.errors import ConfigError
 from kvmlite.memory import PCI_HOLE_START, GuestMemory
 from kvmlite.vmm import hostquirks
 from kvmlite.vmm.config import VmConfig
+from kvmlite.vmm.console_io import ConsoleInput, tolerant, wire_virtio_console_input
 from kvmlite.vmm.eventloop import EventLoop
 from kvmlite.vmm.gsi import GsiRouter
 from kvmlite.vmm.irq import KvmIrqLine
+from kvmlite.vmm.locking import LockedDevice
 from kvmlite.vmm.machine import ExitReason, Machine
 from kvmlite.vmm.virtio import MMIO_BASE, VirtioWiring
 
@@ -49,27 +51,6 @@ APIC_LVT0 = 0x350
 APIC_LVT1 = 0x360
 APIC_MODE_EXTINT = 0x7 << 8
 APIC_MODE_NMI = 0x4 << 8
-
-
-class LockedDevice:
-    """Serialises a device's register access between vCPU and I/O threads."""
-
-    __slots__ = ("device", "lock", "read", "write")
-
-    def __init__(self, device: Any, lock: Any = None) -> None:
-        self.device = device
-        self.lock = lock or threading.Lock()
-
-        def read(offset: int, size: int) -> bytes:
-            with self.lock:
-                return device.read(offset, size)
-
-        def write(offset: int, data: bytes) -> None:
-            with self.lock:
-                device.write(offset, data)
-
-        self.read = read
-        self.write = write
 
 
 def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
@@ -107,18 +88,20 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
             vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address())
 
         machine = Machine(kvm, vm, memory, [], Bus(), Bus(), EventLoop())
+        undo.callback(machine.loop.close)
+        undo.callback(_run_closers, machine)  # backends opened from here on
         machine.devices["gsi"] = gsi_router
         if console is None:
             console = parse_console_spec(
                 config.console,
                 on_quit=lambda: machine.request_exit(ExitReason.QUIT, message="quit from console"),
             )
-        undo.callback(console.close)
         machine.closers.append(console.close)
 
         _add_legacy_devices(machine, config, console)
         pci = _add_pci(machine)
         wiring = VirtioWiring(machine, gsi_router, pci)
+        machine.closers.append(wiring.close)
         _add_virtio_devices(machine, config, wiring)
         pci.allocate_bars(mmio32=PCI_BAR_WINDOW)
         pci.connect_intx(lambda gsi: KvmIrqLine(vm, gsi))
@@ -158,6 +141,15 @@ def build_vm(config: VmConfig, *, console: Any = None) -> Machine:
         machine.cmdline = cmdline
         undo.pop_all()
     return machine
+
+
+def _run_closers(machine: Machine) -> None:
+    """Undo for a build that failed half-way: close what was opened."""
+    while machine.closers:
+        try:
+            machine.closers.pop()()
+        except Exception:
+            log.exception("error while undoing a partial build")
 
 
 def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring) -> None:
@@ -200,35 +192,7 @@ def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring
             ports.append((name, backend))
         console = VirtioConsole(hvc0, ports=ports)
         machine.devices["virtio-console"] = add(console)
-        _wire_virtio_console_input(machine, wiring, console, [hvc0, *(b for _, b in ports)])
-
-
-def _wire_virtio_console_input(
-    machine: Machine, wiring: VirtioWiring, console: Any, backends: list[Any]
-) -> None:
-    """Each port's backend fd -> handle_input, paused while the guest has no buffers."""
-    loop = machine.loop
-
-    def watch(port_id: int) -> None:
-        fd = backends[port_id].fileno()
-        if fd is None:
-            return
-
-        def on_readable() -> None:
-            with wiring.lock:
-                more = console.handle_input(port_id)
-            if not more:
-                loop.remove_reader(fd)  # back-pressure until input_ready_handler
-
-        try:
-            loop.add_reader(fd, on_readable)
-        except (PermissionError, FileExistsError):
-            pass  # not pollable, or already watched
-
-    # Called under the device lock when the guest supplies receive buffers.
-    console.input_ready_handler = lambda port_id: loop.call_soon(lambda: watch(port_id))
-    for port_id in range(len(backends)):
-        watch(port_id)
+        wire_virtio_console_input(machine, wiring, console, [hvc0, *(b for _, b in ports)])
 
 
 def _add_pci(machine: Machine) -> Any:
@@ -289,7 +253,7 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     for n, backend in enumerate(backends):
         base, irq = COM_PORTS[n]
         serial_input = ConsoleInput(loop, backend)
-        serial = Serial16550(KvmIrqLine(vm, irq), _tolerant(backend.write), serial_input.rx_room)
+        serial = Serial16550(KvmIrqLine(vm, irq), tolerant(backend.write), serial_input.rx_room)
         locked = LockedDevice(serial)
         pio.insert(locked, base, 8)
         machine.devices[f"serial{n}"] = serial
@@ -324,88 +288,3 @@ def _add_legacy_devices(machine: Machine, config: VmConfig, console: Any) -> Non
     )
     pio.insert(LockedDevice(pm), layout.PM1A_EVT_BLK, 12)
     machine.devices["acpi_pm"] = pm
-
-
-def _tolerant(write: Callable[[bytes], None]) -> Callable[[bytes], None]:
-    """A console write that survives its reader going away (a closed pipe).
-
-    The guest keeps running; its output is dropped after one log line.
-    """
-    failed = False
-
-    def tolerant_write(data: bytes) -> None:
-        nonlocal failed
-        if failed:
-            return
-        try:
-            write(data)
-        except OSError as e:
-            failed = True
-            log.warning("console output stopped: %s; the guest keeps running", e)
-
-    return tolerant_write
-
-
-class _LockedSink:
-    """An input sink (UART) whose calls take the device's lock."""
-
-    def __init__(self, device: Any, lock: threading.Lock) -> None:
-        self.device = device
-        self.lock = lock
-
-    def enqueue_input(self, data: bytes) -> int:
-        with self.lock:
-            return self.device.enqueue_input(data)
-
-    def wants_input(self) -> bool:
-        with self.lock:
-            return self.device.wants_input()
-
-
-class ConsoleInput:
-    """Console input -> the UART's receive FIFO, without losing a byte.
-
-    The backend's fd is watched only while the pump has room; the UART's
-    ``on_rx_room`` (the guest read RBR, on a vCPU thread) schedules the next
-    offer on the I/O loop. A console that epoll cannot watch (a regular
-    file or /dev/null as stdin) gives no input.
-    """
-
-    def __init__(self, loop: EventLoop, console: Any) -> None:
-        self.loop = loop
-        self.console = console
-        self.pump: Any = None
-        self.watching = False
-
-    def attach(self, serial: Any, lock: threading.Lock) -> None:
-        from kvmlite.backends.char.pump import InputPump
-
-        self.pump = InputPump(self.console, _LockedSink(serial, lock))
-        self._update_watch()
-
-    def rx_room(self) -> None:
-        """Called by the UART on a vCPU thread when its FIFO drains."""
-        if self.pump is not None and self.pump.pending:
-            self.loop.call_soon(self._offer)
-
-    def _offer(self) -> None:
-        self.pump.offer()
-        self._update_watch()
-
-    def _on_readable(self) -> None:
-        self.pump.on_readable()
-        self._update_watch()
-
-    def _update_watch(self) -> None:
-        fd = self.console.fileno()
-        want = fd is not None and self.pump.wants_read()
-        if want and not self.watching:
-            try:
-                self.loop.add_reader(fd, self._on_readable)
-            except PermissionError:  # not pollable: a regular file, /dev/null
-                log.debug("console input fd %d cannot be polled; no console input", fd)
-                return
-            self.watching = True
-        elif not want and self.watching:
-            self.loop.remove_reader(fd)
-            self.watching = False

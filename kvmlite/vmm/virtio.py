@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvmlite.vmm.irq import IrqfdInterrupt, KvmIrqLine
+from kvmlite.vmm.locking import LockedDevice
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ class VirtioWiring:
         self.mmio_count = 0
         self.cmdline: list[str] = []
         self._notify_fds: dict[tuple[int, int], tuple[int, int]] = {}  # (id, queue) -> fd, addr
+
+    def close(self) -> None:
+        """Close the notify eventfds of the virtio-pci devices (machine teardown)."""
+        for fd, _addr in self._notify_fds.values():
+            self.machine.loop.remove_reader(fd)
+            os.close(fd)
+        self._notify_fds.clear()
 
     def locked(self, fn: Callable[[], Any]) -> Callable[[], None]:
         def call() -> None:
@@ -91,7 +99,6 @@ class VirtioWiring:
         return transport
 
     def _map_bar(self, transport: Any, index: int, address: int) -> None:
-        from kvmlite.vmm.builder import LockedDevice
 
         size = next(b.size for b in transport.bars() if b.index == index)
         self.machine.mmio_bus.insert(
@@ -144,7 +151,6 @@ class VirtioWiring:
             cmdline_fragment,
         )
         from kvmlite.errors import ConfigError
-        from kvmlite.vmm.builder import LockedDevice
 
         if self.mmio_count >= len(MMIO_IRQS):
             raise ConfigError(f"at most {len(MMIO_IRQS)} virtio-mmio devices")

@@ -1,0 +1,39 @@
+"""build_vm: a failure half-way leaves nothing open behind (DESIGN.md rule 7)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kvmlite.errors import ImageError
+from kvmlite.vmm.builder import build_vm
+from kvmlite.vmm.config import DiskConfig, VmConfig
+
+pytestmark = pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
+)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_bad_kernel_after_devices_leaves_no_fd_open(tmp_path: Path) -> None:
+    junk = tmp_path / "kernel"
+    junk.write_bytes(b"\x7fELF" + b"\0" * 60)  # an ELF header that says nothing useful
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    config = VmConfig(
+        kernel=junk,
+        memory=32 << 20,
+        console="null",
+        disks=[DiskConfig(disk)],
+        rng=0,
+        virtio_console="null",
+    )
+    before = open_fds()
+    with pytest.raises(ImageError):
+        build_vm(config)
+    assert open_fds() == before
