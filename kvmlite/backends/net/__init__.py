@@ -1,1 +1,9 @@
-"""kvmlite."""
+"""Network backends: the host side of virtio-net (see docs/networking.md).
+
+The interface every backend has is in ``base``; ``socket_stream`` carries
+frames over a unix stream socket (QEMU ``-netdev stream`` / passt framing).
+"""
+
+from kvmlite.backends.net.base import NetBackend
+
+__all__ = ["NetBackend"]
