@@ -66,6 +66,6 @@ PVM_HOST_CMDLINE: str = " ".join(opt for opt, _why in PVM_HOST_OPTIONS)
 """
 
 
-def pvm_host_detected() -> bool:
+def pvm_host_detected(module_path: Path | None = None) -> bool:
     """True on a host whose /dev/kvm is the software PVM implementation."""
-    return PVM_MODULE.exists()
+    return (module_path or PVM_MODULE).exists()

@@ -25,11 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PVM_MODULE = Path("/sys/module/kvm_pvm")
-
-
-def pvm_host_detected(module_path: Path = PVM_MODULE) -> bool:
-    return module_path.exists()
+from kvmlite.guestimage.hostquirks import pvm_host_detected
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,7 @@ class HostQuirks:
     advertise_xsaveerptr: bool = False
 
 
-def resolve(mode: str, module_path: Path = PVM_MODULE) -> HostQuirks:
+def resolve(mode: str, module_path: Path | None = None) -> HostQuirks:
     """Decide what to apply for ``--host-quirks=mode`` (auto, on, off)."""
     if mode == "off" or (mode == "auto" and not pvm_host_detected(module_path)):
         return HostQuirks(False)

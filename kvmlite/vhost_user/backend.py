@@ -1,0 +1,571 @@
+"""The vhost-user back-end: a unix-socket server driving a ``VirtioDevice``.
+
+Follows QEMU docs/interop/vhost-user.rst ("Back-end" role).
+
+Theory of operation
+-------------------
+One thread runs ``serve_forever()``: a ``selectors`` loop over the listening
+socket, the connected front-end's socket, every started ring's kick eventfd,
+any extra fds the device needs watched (virtio-blk's I/O completion eventfd),
+and a wake eventfd for ``stop()``.  One front-end is served at a time; while
+one is connected the listening socket is not watched, so a second front-end
+waits in the backlog until the first leaves.
+
+The device is the same ``kvmlite.devices.virtio`` object kvmlite itself uses
+(DESIGN.md rule 1).  The back-end owns one ``VirtQueue`` per device queue and
+programs it from SET_VRING_NUM / SET_VRING_ADDR / SET_VRING_BASE.  A ring is
+*started* when its kick fd arrives (vhost-user.rst "Starting and stopping
+rings"); on the first start the device is activated with all its queues, a
+``CallInterrupt`` per queue (writes the call eventfd) and ``process_queue(i)``
+runs on every kick.  GET_VRING_BASE stops the ring (in-flight requests are
+drained first, so the index it returns is final); when every ring is stopped
+the device is reset, ready for the next start.  Rings are processed once
+started whether or not SET_VRING_ENABLE enabled them: the enable state only
+matters for net devices, and QEMU versions differ in whether they send it.
+
+Front-end input is host input but still not trusted: a malformed message is a
+``ProtocolError`` and closes the connection; a request we cannot carry out
+(rings outside the memory table, an fd that cannot be mapped) is a
+``BackendError``, answered with a failure when REPLY_ACK asked for an answer,
+else the connection is closed.  Either way one log line, and the back-end
+unmaps the memory, resets the device and listens for the next front-end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from kvmlite.devices.irq import NoInterrupt
+from kvmlite.devices.virtio.device import VirtioDevice
+from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
+from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
+from kvmlite.errors import ConfigError
+from kvmlite.vhost_user import protocol as p
+from kvmlite.vhost_user.memmap import BackendError, MappedMemory
+from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
+
+log = logging.getLogger("kvmlite.vhost_user")
+
+#: Protocol features offered: REPLY_ACK, CONFIG (GET/SET_CONFIG) and MQ.
+PROTOCOL_FEATURES = (
+    (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.CONFIG)
+)
+#: How long a started message may take to arrive whole before we give up on it.
+MESSAGE_TIMEOUT_S = 5.0
+#: How long GET_VRING_BASE / disconnect wait for in-flight I/O.
+DRAIN_TIMEOUT_S = 10.0
+
+
+class CallInterrupt:
+    """A queue's interrupt: writes the front-end's call eventfd (none: dropped)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.fd: int | None = None
+        self._warned = False
+
+    def trigger(self) -> None:
+        fd = self.fd
+        if fd is None:
+            return
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError as e:
+            if not self._warned:
+                self._warned = True
+                log.error("queue %d: cannot signal the call fd: %s", self.index, e)
+
+    def set_fd(self, fd: int | None) -> None:
+        old, self.fd = self.fd, fd
+        if old is not None:
+            os.close(old)
+
+
+@dataclass
+class _Vring:
+    queue: VirtQueue
+    call: CallInterrupt
+    kick_fd: int | None = None
+    err_fd: int | None = None
+    started: bool = False
+    enabled: bool = False
+    addr: p.VringAddr | None = None
+
+
+@dataclass
+class _Session:
+    """What one connected front-end set up; all of it goes at disconnect."""
+
+    conn: socket.socket
+    vrings: list[_Vring]
+    features: int = 0
+    protocol_features: int = 0
+    owner: bool = False
+    mem: MappedMemory | None = None
+    active: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class VhostUserBackend:
+    """Serve ``device`` on the unix socket ``path``.
+
+    ``watch`` lists extra ``(fd, callback)`` pairs the loop watches for the
+    device (``(executor.completion_fd, executor.run_completions)`` for
+    virtio-blk with a ``ThreadPoolIoExecutor``).
+    """
+
+    def __init__(
+        self,
+        device: VirtioDevice,
+        path: str,
+        *,
+        watch: Sequence[tuple[int, Callable[[], object]]] = (),
+    ) -> None:
+        self.device = device
+        self.path = os.fspath(path)
+        self._watch = list(watch)
+        self._sel = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping = False
+        self.session: _Session | None = None
+        #: Connections served so far (tests watch it to see reconnects).
+        self.connections = 0
+        device.needs_reset_handler = lambda: log.error(
+            "%s: device needs reset; the front-end must restart it", device.name
+        )
+        self._listener = self._listen()
+
+    # -- socket setup ---------------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)  # a stale socket of an earlier run
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"{self.path}: {e.strerror}") from None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.bind(self.path)
+            s.listen(1)
+        except OSError as e:
+            s.close()
+            raise ConfigError(
+                f"cannot listen on {self.path}: {e.strerror}; pick another --socket path"
+            ) from None
+        return s
+
+    # -- loop -------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve front-ends, one after another, until ``stop()``."""
+        self._sel.register(self._wake, selectors.EVENT_READ, self._on_wake)
+        self._sel.register(self._listener, selectors.EVENT_READ, self._accept)
+        for fd, cb in self._watch:
+            self._sel.register(fd, selectors.EVENT_READ, cb)
+        try:
+            while not self._stopping:
+                for key, _ in self._sel.select():
+                    key.data()
+                    if self._stopping:
+                        break
+        finally:
+            self._disconnect("back-end stopping")
+            for key in list(self._sel.get_map().values()):
+                self._sel.unregister(key.fileobj)
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (thread-safe)."""
+        os.eventfd_write(self._wake, 1)
+
+    def close(self) -> None:
+        """Release the socket and the loop's fds (after ``serve_forever`` returned)."""
+        self._listener.close()
+        self._sel.close()
+        os.close(self._wake)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _on_wake(self) -> None:
+        self._stopping = True
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError as e:
+            log.warning("accept on %s failed: %s", self.path, e)
+            return
+        conn.settimeout(MESSAGE_TIMEOUT_S)
+        vrings = [
+            _Vring(VirtQueue(size), CallInterrupt(i))
+            for i, size in enumerate(self.device.queue_max_sizes)
+        ]
+        self.session = _Session(conn, vrings)
+        self.connections += 1
+        self._sel.unregister(self._listener)
+        self._sel.register(conn, selectors.EVENT_READ, self._on_message)
+        log.info("front-end connected to %s", self.path)
+
+    def _disconnect(self, reason: str) -> None:
+        """Forget the front-end: stop rings, drain, reset the device, unmap, listen again."""
+        s = self.session
+        if s is None:
+            return
+        self.session = None
+        log.info("front-end of %s disconnected: %s", self.path, reason)
+        self._sel.unregister(s.conn)
+        s.conn.close()
+        self._drain()
+        for v in s.vrings:
+            self._stop_ring(v)
+            v.call.set_fd(None)
+            _close(v.err_fd)
+            v.err_fd = None
+            v.queue.reset()  # drops its cached views of guest RAM
+        self.device.reset()
+        if s.mem is not None:
+            s.mem.close()
+        if not self._stopping:
+            self._sel.register(self._listener, selectors.EVENT_READ, self._accept)
+
+    def _drain(self) -> None:
+        drain = getattr(self.device, "drain", None)
+        if drain is not None and not drain(DRAIN_TIMEOUT_S):
+            log.error("%s: in-flight I/O did not finish in %ss", self.device.name, DRAIN_TIMEOUT_S)
+
+    # -- messages ---------------------------------------------------------------------
+
+    def _on_message(self) -> None:
+        s = self.session
+        assert s is not None
+        fds: list[int] = []
+        try:
+            msg = self._receive(s.conn, fds)
+            if msg is None:
+                self._disconnect("connection closed")
+                return
+            hdr, payload = msg
+            body = p.parse_payload(hdr.request, payload, len(fds))
+            self._dispatch(s, hdr, body, fds)
+        except ProtocolError as e:
+            log.error("%s: protocol error: %s; closing the connection", self.path, e)
+            self._disconnect(str(e))
+        except (BackendError, OSError) as e:
+            log.error("%s: %s; closing the connection", self.path, e)
+            self._disconnect(str(e))
+        except Exception as e:  # a bug of ours: drop this front-end, keep serving
+            log.exception("%s: internal error handling a message", self.path)
+            self._disconnect(repr(e))
+        finally:
+            for fd in fds:
+                _close(fd)
+
+    @staticmethod
+    def _receive(conn: socket.socket, fds: list[int]) -> tuple[p.Header, bytes] | None:
+        """One message; fds come with its first bytes (appended to ``fds``)."""
+        try:
+            data, got, flags, _ = socket.recv_fds(conn, p.HEADER_SIZE, p.VHOST_MEMORY_MAX_NREGIONS)
+        except TimeoutError:
+            raise ProtocolError("message did not arrive") from None
+        except ConnectionResetError:
+            return None
+        fds.extend(got)
+        if not data:
+            return None
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"more than {p.VHOST_MEMORY_MAX_NREGIONS} fds in one message")
+        data += _recv_exact(conn, p.HEADER_SIZE - len(data))
+        hdr = p.parse_header(data)
+        return hdr, _recv_exact(conn, hdr.size)
+
+    def _reply(self, s: _Session, request: int, payload: bytes) -> None:
+        s.conn.sendall(p.encode(request, payload, reply=True))
+
+    def _dispatch(self, s: _Session, hdr: p.Header, body: p.Payload, fds: list[int]) -> None:
+        req = Request(hdr.request)
+        handler = self._HANDLERS.get(req)
+        ack = hdr.need_reply and bool(s.protocol_features & (1 << ProtocolFeature.REPLY_ACK))
+        if handler is None:
+            err: BackendError | None = BackendError(f"VHOST_USER_{req.name} is not supported")
+            reply = None
+        else:
+            try:
+                reply = handler(self, s, body, fds)
+                err = None
+            except BackendError as e:
+                err, reply = e, None
+        if reply is not None:  # requests with their own reply never get an ack too
+            if err is None:
+                self._reply(s, req, reply)
+                return
+        if err is not None:
+            if not ack or req in _REPLYING:
+                raise err
+            log.error("%s: VHOST_USER_%s failed: %s", self.path, req.name, err)
+        if ack:
+            self._reply(s, req, p.u64(0 if err is None else 1))
+
+    # -- handlers: features and ownership -----------------------------------------
+
+    def _get_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+        return p.u64(self.device.avail_features | 1 << p.VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def _set_features(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, int)
+        offered = self.device.avail_features | 1 << p.VHOST_USER_F_PROTOCOL_FEATURES
+        if body & ~offered:
+            raise BackendError(f"features {body & ~offered:#x} were not offered")
+        s.features = body
+        with self.device.lock:
+            self.device.ack_features(body)
+            for v in s.vrings:  # a running device may see EVENT_IDX change (logging)
+                v.queue.set_event_idx(self.device.has_feature(VIRTIO_F_EVENT_IDX))
+        return None
+
+    def _get_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+        return p.u64(PROTOCOL_FEATURES)
+
+    def _set_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, int)
+        # Unknown bits are ignored, like libvhost-user: the front-end asked for
+        # what we offered and may run with less.
+        s.protocol_features = body & PROTOCOL_FEATURES
+        return None
+
+    def _get_queue_num(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+        return p.u64(self.device.num_queues)
+
+    def _set_owner(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        s.owner = True
+        return None
+
+    def _reset_owner(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        self._drain()
+        for v in s.vrings:
+            self._stop_ring(v)
+            v.queue.reset()
+        self.device.reset()
+        s.active = False
+        s.owner = False
+        return None
+
+    # -- handlers: memory -------------------------------------------------------------
+
+    def _set_mem_table(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.MemoryTable)
+        mem = MappedMemory(body.regions, fds)
+        old, s.mem = s.mem, mem
+        if s.active:
+            # Hot-(un)plugged RAM while running: the rings keep their guest addresses.
+            with self.device.lock:
+                self.device.memory = mem.memory
+        if old is not None:
+            old.close()
+        return None
+
+    # -- handlers: rings --------------------------------------------------------------
+
+    def _vring(self, s: _Session, index: int, req: Request) -> _Vring:
+        if not 0 <= index < len(s.vrings):
+            raise BackendError(
+                f"VHOST_USER_{req.name}: queue {index} does not exist "
+                f"(the device has {len(s.vrings)})"
+            )
+        return s.vrings[index]
+
+    def _set_vring_num(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringState)
+        v = self._vring(s, body.index, Request.SET_VRING_NUM)
+        n, mx = body.num, v.queue.max_size
+        if not 1 <= n <= mx or n & (n - 1):
+            raise BackendError(f"queue {body.index}: size {n} is not a power of two <= {mx}")
+        v.queue.set_size(n)
+        return None
+
+    def _set_vring_addr(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringAddr)
+        v = self._vring(s, body.index, Request.SET_VRING_ADDR)
+        if s.mem is None:
+            raise BackendError("SET_VRING_ADDR before SET_MEM_TABLE")
+        n = v.queue.size
+        q = v.queue
+        desc = s.mem.user_to_guest(body.descriptor, DESC_SIZE * n)
+        avail = s.mem.user_to_guest(body.available, 6 + 2 * n)
+        used = s.mem.user_to_guest(body.used, 6 + 8 * n)
+        if desc % 16 or avail % 2 or used % 4:
+            raise BackendError(f"queue {body.index}: misaligned rings")
+        with self.device.lock:
+            q.set_desc_table_address(desc & 0xFFFFFFFF, desc >> 32)
+            q.set_avail_ring_address(avail & 0xFFFFFFFF, avail >> 32)
+            q.set_used_ring_address(used & 0xFFFFFFFF, used >> 32)
+        v.addr = body
+        return None
+
+    def _set_vring_base(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringState)
+        v = self._vring(s, body.index, Request.SET_VRING_BASE)
+        v.queue.set_next_avail(body.num)
+        v.queue.set_next_used(body.num)
+        return None
+
+    def _get_vring_base(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+        assert isinstance(body, p.VringState)
+        v = self._vring(s, body.index, Request.GET_VRING_BASE)
+        self._drain()  # the index we return must not move afterwards
+        self._stop_ring(v)
+        v.call.set_fd(None)
+        if s.active and not any(r.started for r in s.vrings):
+            self.device.reset()  # the next start re-sends features and rings
+            s.active = False
+        return p.vring_state(body.index, v.queue.next_avail)
+
+    def _set_vring_enable(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringState)
+        self._vring(s, body.index, Request.SET_VRING_ENABLE).enabled = bool(body.num)
+        return None
+
+    def _set_vring_kick(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringFd)
+        v = self._vring(s, body.index, Request.SET_VRING_KICK)
+        if body.no_fd:
+            raise BackendError(f"queue {body.index}: polling rings (no kick fd) are not supported")
+        self._stop_ring(v)
+        fd = fds.pop()
+        os.set_blocking(fd, False)
+        v.kick_fd = fd
+        self._start_ring(s, body.index, v)
+        return None
+
+    def _set_vring_call(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringFd)
+        v = self._vring(s, body.index, Request.SET_VRING_CALL)
+        v.call.set_fd(None if body.no_fd else fds.pop())
+        return None
+
+    def _set_vring_err(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.VringFd)
+        v = self._vring(s, body.index, Request.SET_VRING_ERR)
+        _close(v.err_fd)
+        v.err_fd = None if body.no_fd else fds.pop()
+        return None
+
+    def _start_ring(self, s: _Session, index: int, v: _Vring) -> None:
+        if s.mem is None or v.addr is None:
+            raise BackendError(f"queue {index}: kick fd before SET_MEM_TABLE/SET_VRING_ADDR")
+        mem = s.mem.memory
+        q = v.queue
+        with self.device.lock:
+            q.set_ready(True)
+            if not q.is_valid(mem):
+                q.set_ready(False)
+                raise BackendError(f"queue {index}: rings are not inside the memory table")
+            # The used index continues where the ring left it (a restart, a reconnect).
+            q.set_next_used(mem.read_int(q.used_ring + 2, 2))
+            if not s.active:
+                self.device.ack_features(s.features)
+                self.device.activate(
+                    mem, [r.queue for r in s.vrings], [r.call for r in s.vrings], NoInterrupt()
+                )
+                s.active = True
+        assert v.kick_fd is not None
+        self._sel.register(v.kick_fd, selectors.EVENT_READ, lambda: self._on_kick(index))
+        v.started = True
+        self.device.process_queue(index)  # chains made available before the kick fd came
+
+    def _stop_ring(self, v: _Vring) -> None:
+        if v.kick_fd is not None:
+            if v.started:
+                self._sel.unregister(v.kick_fd)
+            os.close(v.kick_fd)
+            v.kick_fd = None
+        v.started = False
+        with self.device.lock:
+            v.queue.set_ready(False)
+
+    def _on_kick(self, index: int) -> None:
+        s = self.session
+        if s is None:
+            return
+        fd = s.vrings[index].kick_fd
+        if fd is not None:
+            try:
+                os.eventfd_read(fd)
+            except (BlockingIOError, OSError):
+                pass
+        self.device.process_queue(index)
+
+    # -- handlers: config space ------------------------------------------------------
+
+    def _get_config(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+        assert isinstance(body, p.ConfigSpace)
+        data = self.device.read_config(body.offset, body.size)
+        return p.config_space(body.offset, data, flags=body.flags)
+
+    def _set_config(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        assert isinstance(body, p.ConfigSpace)
+        with self.device.lock:
+            self.device.write_config(body.offset, body.data)
+        return None
+
+    _HANDLERS: dict[Request, Callable[..., bytes | None]] = {
+        Request.GET_FEATURES: _get_features,
+        Request.SET_FEATURES: _set_features,
+        Request.GET_PROTOCOL_FEATURES: _get_protocol_features,
+        Request.SET_PROTOCOL_FEATURES: _set_protocol_features,
+        Request.GET_QUEUE_NUM: _get_queue_num,
+        Request.SET_OWNER: _set_owner,
+        Request.RESET_OWNER: _reset_owner,
+        Request.SET_MEM_TABLE: _set_mem_table,
+        Request.SET_VRING_NUM: _set_vring_num,
+        Request.SET_VRING_ADDR: _set_vring_addr,
+        Request.SET_VRING_BASE: _set_vring_base,
+        Request.GET_VRING_BASE: _get_vring_base,
+        Request.SET_VRING_ENABLE: _set_vring_enable,
+        Request.SET_VRING_KICK: _set_vring_kick,
+        Request.SET_VRING_CALL: _set_vring_call,
+        Request.SET_VRING_ERR: _set_vring_err,
+        Request.GET_CONFIG: _get_config,
+        Request.SET_CONFIG: _set_config,
+    }
+
+
+#: Requests whose answer is their own reply (no REPLY_ACK on top; errors disconnect).
+_REPLYING = frozenset(
+    {
+        Request.GET_FEATURES,
+        Request.GET_PROTOCOL_FEATURES,
+        Request.GET_QUEUE_NUM,
+        Request.GET_VRING_BASE,
+        Request.GET_CONFIG,
+    }
+)
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = conn.recv(n - len(buf))
+        except TimeoutError:
+            raise ProtocolError(f"message truncated: {len(buf)} of {n} bytes arrived") from None
+        if not chunk:
+            raise ProtocolError(f"connection closed inside a message ({len(buf)} of {n} bytes)")
+        buf += chunk
+    return bytes(buf)
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
