@@ -1,0 +1,63 @@
+"""Fixtures: a vhost-user back-end serving a device on a thread, stopped after the test."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmlite.backends.block import open_image
+from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock
+from kvmlite.vhost_user.backend import VhostUserBackend
+
+DISK_SIZE = 1 << 20
+
+
+class Served:
+    def __init__(self, backend: VhostUserBackend) -> None:
+        self.backend = backend
+        self.path = backend.path
+        self.thread = threading.Thread(target=backend.serve_forever, daemon=True)
+        self.thread.start()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[tuple[Served, Callable[[], None]]] = []
+
+    def start(device, path: str, watch=(), cleanup=lambda: None) -> Served:  # noqa: ANN001
+        s = Served(VhostUserBackend(device, path, watch=watch))
+        started.append((s, cleanup))
+        return s
+
+    yield start
+    for s, cleanup in started:
+        s.backend.stop()
+        s.thread.join(10)
+        assert not s.thread.is_alive(), "back-end loop did not stop"
+        s.backend.close()
+        cleanup()
+
+
+@pytest.fixture
+def blk(tmp_path: Path, serve: Callable[..., Served]) -> tuple[Served, Path]:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(DISK_SIZE))
+    backend = open_image(str(image))
+    executor = ThreadPoolIoExecutor(2)
+    dev = VirtioBlock(backend, serial="vhost-test", executor=executor)
+    assert executor.completion_fd is not None
+
+    def cleanup() -> None:
+        executor.close()
+        backend.close()
+
+    served = serve(
+        dev,
+        str(tmp_path / "blk.sock"),
+        watch=[(executor.completion_fd, executor.run_completions)],
+        cleanup=cleanup,
+    )
+    return served, image
