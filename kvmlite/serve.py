@@ -1,0 +1,119 @@
+"""``kvmlite serve``: a vhost-user back-end for one kvmlite device model.
+
+Serves ``kvmlite.devices.virtio`` models to QEMU or any other vhost-user
+front-end (QEMU docs/interop/vhost-user.rst) through
+``kvmlite.vhost_user.backend.VhostUserBackend``::
+
+    kvmlite serve blk --socket /tmp/blk.sock disk.qcow2[,ro][,serial=S][,format=F][,queues=N]
+    kvmlite serve rng --socket /tmp/rng.sock
+
+The process serves front-ends one after another (a front-end that quits or
+dies is replaced by the next one to connect) until SIGINT or SIGTERM.
+Runs as ``kvmlite serve ...`` (``register``/``run``) or
+``python -m kvmlite.serve ...``.  See docs/vhost-user.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kvmlite.errors import KvmliteError
+
+log = logging.getLogger("kvmlite.serve")
+
+
+def _serve(device: Any, socket_path: str, watch: list[tuple[int, Callable[[], object]]]) -> int:
+    from kvmlite.vhost_user.backend import VhostUserBackend  # noqa: PLC0415 - start-up time
+
+    backend = VhostUserBackend(device, socket_path, watch=watch)
+    old = {s: signal.signal(s, lambda *_: backend.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"kvmlite serve: {device.name} on {socket_path}", file=sys.stderr, flush=True)
+    try:
+        backend.serve_forever()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        backend.close()
+    return 0
+
+
+def cmd_blk(a: argparse.Namespace) -> int:
+    from kvmlite.backends.block import open_image  # noqa: PLC0415
+    from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock  # noqa: PLC0415
+    from kvmlite.vmm.config import DiskConfig  # noqa: PLC0415
+
+    disk = DiskConfig.parse(a.image)
+    image = open_image(str(disk.path), disk.format, disk.read_only, disk.direct)
+    executor = ThreadPoolIoExecutor()
+    try:
+        dev = VirtioBlock(
+            image, serial=disk.serial or "", num_queues=disk.queues, executor=executor
+        )
+        assert executor.completion_fd is not None
+        return _serve(dev, a.socket, [(executor.completion_fd, executor.run_completions)])
+    finally:
+        executor.close()
+        image.close()
+
+
+def cmd_rng(a: argparse.Namespace) -> int:
+    from kvmlite.devices.virtio import VirtioRng  # noqa: PLC0415
+
+    return _serve(VirtioRng(), a.socket, [])
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``serve`` and its device sub-commands to an argparse subparsers object."""
+    serve = subparsers.add_parser("serve", help="serve a virtio device over vhost-user")
+    sub = serve.add_subparsers(dest="serve_device", metavar="DEVICE", required=True)
+
+    p = sub.add_parser("blk", help="virtio-blk over a raw or qcow2 image")
+    p.add_argument("--socket", required=True, help="unix socket path to listen on")
+    p.add_argument(
+        "image",
+        metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N]",
+        help="disk image and options (as kvmlite run -d)",
+    )
+    p.set_defaults(func=cmd_blk)
+
+    p = sub.add_parser("rng", help="virtio-rng (entropy from the host's os.urandom)")
+    p.add_argument("--socket", required=True, help="unix socket path to listen on")
+    p.set_defaults(func=cmd_rng)
+
+    for name in ("blk", "rng"):
+        sub.choices[name].add_argument(
+            "-v", "--verbose", action="count", default=0, help="log more (-vv: debug)"
+        )
+    return serve
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``serve`` command; host errors become a message and exit status 1."""
+    try:
+        return int(args.func(args))
+    except KvmliteError as e:
+        print(f"kvmlite serve: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kvmlite.serve blk|rng ...`` (the arguments of ``kvmlite serve``)."""
+    parser = argparse.ArgumentParser(prog="kvmlite")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    verbose = getattr(args, "verbose", 0)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="kvmlite: %(message)s",
+    )
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
