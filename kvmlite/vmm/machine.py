@@ -55,6 +55,16 @@ EXIT_STATUS = {
 }
 
 
+def _install_kick_handler() -> None:
+    """Give the kick signal a do-nothing handler (SIG_DFL would kill the
+    process), so that it only interrupts KVM_RUN with EINTR. Python lets
+    only the main thread set handlers: build or run the machine there once
+    (``run()`` itself may then be called from any thread)."""
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, None):
+            signal.signal(KICK_SIGNAL, lambda *_: None)
+
+
 @dataclass(frozen=True)
 class MachineExit:
     reason: ExitReason
@@ -96,6 +106,7 @@ class Machine:
         #: Serialises the PCI root and virtio devices between vCPU threads and
         #: the I/O loop (re-entrant: a config write may move a BAR's bus entry).
         self.dev_lock = threading.RLock()
+        _install_kick_handler()
 
     # -- ending -----------------------------------------------------------------
 
@@ -123,10 +134,7 @@ class Machine:
         """Run the guest until it ends; returns how it ended."""
         from kvmlite.vmm.vcpu_loop import run_vcpu
 
-        # The kick signal needs a handler (not SIG_DFL, which would kill the
-        # process) so that it only interrupts KVM_RUN with EINTR.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(KICK_SIGNAL, lambda *_: None)
+        _install_kick_handler()
         self.loop.start()
         for vcpu in self.vcpus:
             t = threading.Thread(
