@@ -5,15 +5,21 @@ A backend is small so the VMM's epoll loop can drive any of them the same way:
 * ``send(frame)`` hands one guest frame to the host. It never blocks: a
   backend whose peer is slow buffers (up to a limit, then says so through
   ``can_send()``), and the device leaves further frames in the guest's ring.
-* ``recv_frames()`` is called when ``fileno()`` is readable and returns the
-  frames that are complete now (possibly none); it never blocks.
+* ``fileno()`` is the one fd the loop watches for readability, for the
+  backend's whole life. When it is readable the loop calls ``service()``
+  (housekeeping: accept a peer, write buffered output) and then the
+  device's ``handle_rx``, which calls ``recv_frames()``: the frames that are
+  complete now (possibly none); it never blocks.
+* ``set_reading(on)``: while off, incoming frames do not make ``fileno()``
+  readable (the guest has no receive buffers: back-pressure); frames wait
+  in the host socket or tap queue, not in our memory.
 * ``vnet_hdr``: frames in both directions start with the 12-byte
   ``virtio_net_hdr_v1`` (a tap with IFF_VNET_HDR); the device then offers
   checksum and segmentation offloads and passes the header through.
 * ``set_offloads(features)``: the virtio features the guest accepted, so a
   tap can be told (TUNSETOFFLOAD) which offloaded frames the guest can take.
-* ``wants_write()`` / ``flush()``: buffered output is waiting; the loop
-  watches ``fileno()`` for writability and calls ``flush()``.
+* ``wants_write()`` / ``flush()``: buffered output is waiting; ``service()``
+  flushes it when the fd says it can be written.
 * ``close()`` releases everything; idempotent.
 """
 
@@ -37,12 +43,18 @@ class NetBackend:
     def fileno(self) -> int | None:
         return None
 
+    def service(self) -> None:
+        """Housekeeping when ``fileno()`` is readable; never blocks."""
+
+    def set_reading(self, on: bool) -> None:
+        """Whether incoming frames make ``fileno()`` readable."""
+
     def can_send(self) -> bool:
         """False while output is backed up; the device then leaves TX chains queued."""
         return True
 
     def wants_write(self) -> bool:
-        """Output is buffered: watch ``fileno()`` for writability and call ``flush()``."""
+        """Output is buffered (``service()`` writes it when it can)."""
         return False
 
     def flush(self) -> None:

@@ -304,6 +304,9 @@ class VirtioNet(VirtioDevice):
         entry point, with the device lock held: it should only re-arm the fd.
         """
         with self.lock:
+            if self.tx_blocked[pair] and self.backends[pair].can_send():
+                # The backend drained its output (its fd woke us): send the rest.
+                self.process_queue(2 * pair + 1)
             # Deliver what already waits first; read more only once it is gone,
             # so frames keep their order and the backlog never grows past one batch.
             if self._rx_open(pair) and self.pending[pair]:
