@@ -296,3 +296,18 @@ def test_qemu_seabios_assigned_bars(elf: Path, original: bytes, tmp_path: Path):
     run = run_qemu(elf, disk, VERIFY_ARGS, firmware=None)
     _check_verify(run, disk, original)
     assert run.value("common cfg at ").endswith("BARs placed by this guest: 0")
+
+
+def test_verify_on_a_qcow2_image(elf: Path, original: bytes, tmp_path: Path):
+    """The same driver run against a qcow2 image (made by qemu-img): kvmlite's qcow2
+    backend behind virtio-blk, judged by qemu-img check and by the image's content
+    converted back to raw by qemu-img."""
+    src = _disk(tmp_path, "src.img", original)
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(src), str(image)], check=True)
+    run = run_kvmlite(elf, image, VERIFY_ARGS)
+    check = subprocess.run(["qemu-img", "check", str(image)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    back = tmp_path / "back.img"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(back)], check=True)
+    _check_verify(run, back, original)
