@@ -5,5 +5,6 @@ frames over a unix stream socket (QEMU ``-netdev stream`` / passt framing).
 """
 
 from kvmlite.backends.net.base import NetBackend
+from kvmlite.backends.net.socket_stream import StreamSocketBackend
 
-__all__ = ["NetBackend"]
+__all__ = ["NetBackend", "StreamSocketBackend"]
