@@ -1,15 +1,17 @@
-"""QEMU as the judge: Linux's virtio-blk driver on kvmlite's VirtioBlock over vhost-user.
+"""QEMU as the judge: Linux's own drivers on kvmlite's devices over vhost-user.
 
 QEMU (``-accel tcg``, q35) boots kvmlite's default kernel with a
-``vhost-user-blk-pci`` device whose back-end is a ``kvmlite serve blk``
-process; guest RAM is a shared memfd (``memory-backend-memfd,share=on``), as
-vhost-user requires.  /init (guest/vhost_blk_init.c) reads the disk's first
-64 KiB and writes a pattern at 1 MiB; the host file is the judge.
+``vhost-user-blk-pci`` or ``vhost-user-rng-pci`` device whose back-end is a
+``kvmlite serve`` process; guest RAM is a shared memfd
+(``memory-backend-memfd,share=on``), as vhost-user requires.  /init
+(guest/vhost_blk_init.c) reads the disk's first 64 KiB and writes a pattern
+at 1 MiB, or reads /dev/hwrng; the host file and the console are the judges.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.guestimage import BASE_CMDLINE, check_guest
+from kvmlite.guestimage import BASE_CMDLINE, DefaultGuest, check_guest
 from kvmlite.guestimage.initramfs import build_single_init_initramfs
 from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
@@ -31,6 +33,7 @@ QEMU = "qemu-system-x86_64"
 INIT_SOURCE = Path(__file__).parent / "guest" / "vhost_blk_init.c"
 CHUNK = 64 * 1024
 WRITE_AT = 1 << 20
+SECTOR = 512
 
 
 def fnv(data: bytes) -> int:
@@ -42,6 +45,15 @@ def fnv(data: bytes) -> int:
 
 def guest_pattern() -> bytes:
     return bytes((i * 7 + 3 + (i >> 9)) & 0xFF for i in range(CHUNK))
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> tuple[DefaultGuest, Path]:
+    if shutil.which(QEMU) is None:
+        pytest.fail(f"{QEMU} missing: apt-get install qemu-system-x86")
+    kernel = check_guest(progress=False)  # the kernel (built and cached on first use)
+    init = compile_static(INIT_SOURCE)
+    return kernel, build_single_init_initramfs(init, tmp_path_factory.mktemp("vu") / "init.cpio")
 
 
 @pytest.fixture
@@ -56,51 +68,112 @@ def procs() -> Iterator[list]:
             p.wait(10)
 
 
-def test_linux_reads_and_writes_a_served_disk(tmp_path: Path, procs: list) -> None:
-    if shutil.which(QEMU) is None:
-        pytest.fail(f"{QEMU} missing: apt-get install qemu-system-x86")
-    guest = check_guest(progress=False)  # the kernel (built and cached on first use)
-    init = compile_static(INIT_SOURCE)
-    initrd = build_single_init_initramfs(init, tmp_path / "init.cpio")
-
-    image = tmp_path / "disk.raw"
-    head = os.urandom(CHUNK)
-    image.write_bytes(head + bytes((4 << 20) - CHUNK))
-    sock = tmp_path / "blk.sock"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "kvmlite.serve", "blk", "--socket", str(sock), f"{image}"],
+def serve(procs: list, sock: Path, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmlite.serve", *args, "--socket", str(sock)],
         stderr=subprocess.PIPE,
         text=True,
     )
-    procs.append(serve)
+    procs.append(proc)
     deadline = time.monotonic() + 20
     while not sock.exists():
-        assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "kvmlite serve did not create its socket"
         time.sleep(0.05)
+    return proc
 
+
+def qemu(
+    procs: list, guest: tuple[DefaultGuest, Path], sock: Path, device: str, append: str = ""
+) -> Expect:
+    kernel, initrd = guest
     argv = [
         QEMU, "-accel", "tcg", "-M", "q35", "-m", "128", "-smp", "1",
         "-object", "memory-backend-memfd,id=mem,size=128M,share=on",
         "-numa", "node,memdev=mem",
         "-chardev", f"socket,id=c0,path={sock}",
-        "-device", "vhost-user-blk-pci,chardev=c0",
+        "-device", f"{device},chardev=c0",
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-        "-no-reboot", "-kernel", str(guest.vmlinux), "-initrd", str(initrd),
-        "-append", BASE_CMDLINE,
+        "-no-reboot", "-kernel", str(kernel.vmlinux), "-initrd", str(initrd),
+        "-append", f"{BASE_CMDLINE} {append}".strip(),
     ]  # fmt: skip
-    start = time.monotonic()
     c = Expect.spawn(argv)
     procs.append(c)
-    m = c.expect(rb"VHOST: read=([0-9a-f]{16})", timeout=180)
-    assert int(m.group(1), 16) == fnv(head), "the guest read other bytes than the host's"
-    m = c.expect(rb"VHOST: (verify=\w+|error=[^\r\n]*\r?\nVHOST: errno=[^\r\n]*)", timeout=60)
-    assert m.group(1) == b"verify=ok", m.group(1)
+    return c
+
+
+def outcome(c: Expect, key: str, timeout: float) -> str:
+    """The value of the guest's ``VHOST: key=...`` line, or its error."""
+    # Up to the line's end: a match must not stop inside a line still arriving.
+    m = c.expect(rf"VHOST: ({key}=[^\r\n]*|error=[^\r\n]*\r?\nVHOST: errno=[^\r\n]*)\r?\n", timeout)
+    return m.group(1).decode()
+
+
+def check_disk_io(c: Expect, image: Path, head: bytes) -> None:
+    assert outcome(c, "read", 180) == f"read={fnv(head):016x}", "guest read other bytes"
+    assert outcome(c, "verify", 60) == "verify=ok"
     c.expect(rb"VHOST-DONE", timeout=60)
     c.wait_eof(timeout=60)
-    print(f"\nqemu/tcg + kvmlite serve blk: done after {time.monotonic() - start:.1f} s")
     assert image.read_bytes()[WRITE_AT : WRITE_AT + CHUNK] == guest_pattern()
+
+
+def make_image(tmp_path: Path) -> tuple[Path, bytes]:
+    image = tmp_path / "disk.raw"
+    head = os.urandom(CHUNK)
+    image.write_bytes(head + bytes((4 << 20) - CHUNK))
+    return image, head
+
+
+def test_linux_reads_and_writes_a_served_disk(
+    tmp_path: Path, guest: tuple[DefaultGuest, Path], procs: list
+) -> None:
+    image, head = make_image(tmp_path)
+    sock = tmp_path / "blk.sock"
+    server = serve(procs, sock, "blk", str(image))
+    start = time.monotonic()
+    c = qemu(procs, guest, sock, "vhost-user-blk-pci")
+    check_disk_io(c, image, head)
+    print(f"\nqemu/tcg + kvmlite serve blk: done after {time.monotonic() - start:.1f} s")
     # The back-end outlives its front-end, then stops cleanly.
-    assert serve.poll() is None
-    serve.send_signal(signal.SIGTERM)
-    assert serve.wait(10) == 0
+    assert server.poll() is None
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+
+
+def test_frontend_killed_mid_io_then_a_new_one(
+    tmp_path: Path, guest: tuple[DefaultGuest, Path], procs: list
+) -> None:
+    image, head = make_image(tmp_path)
+    sock = tmp_path / "blk.sock"
+    server = serve(procs, sock, "blk", str(image))
+    c = qemu(procs, guest, sock, "vhost-user-blk-pci", "vhost_mode=loop")
+    assert outcome(c, "loop", 180) == "loop=running"
+    time.sleep(0.5)  # the guest keeps writing
+    assert c.process is not None
+    c.process.send_signal(signal.SIGKILL)
+    c.process.wait(10)
+    # Each sector of the looped area holds the pattern or its old zeros: no torn garbage.
+    pat = guest_pattern()
+    area = image.read_bytes()[2 * WRITE_AT : 2 * WRITE_AT + CHUNK]
+    for off in range(0, CHUNK, SECTOR):
+        assert area[off : off + SECTOR] in (pat[off : off + SECTOR], bytes(SECTOR)), off
+    assert area == pat  # the first full pass was fsynced before "running"
+    # The same back-end serves the next QEMU.
+    c2 = qemu(procs, guest, sock, "vhost-user-blk-pci")
+    check_disk_io(c2, image, head)
+    assert server.poll() is None
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(10) == 0
+
+
+def test_linux_reads_a_served_hwrng(
+    tmp_path: Path, guest: tuple[DefaultGuest, Path], procs: list
+) -> None:
+    sock = tmp_path / "rng.sock"
+    serve(procs, sock, "rng")
+    c = qemu(procs, guest, sock, "vhost-user-rng-pci", "vhost_mode=rng")
+    value = outcome(c, "hwrng", 180)
+    assert re.fullmatch(r"hwrng=[0-9a-f]{64}", value), value
+    assert len(set(bytes.fromhex(value[6:]))) > 8  # 32 random bytes, not a constant
+    c.expect(rb"VHOST-DONE", timeout=60)
+    c.wait_eof(timeout=60)

@@ -8,12 +8,18 @@
  * reads it back through the device, then powers off.  The host checks the
  * checksum against its file and finds the pattern in the image.
  * Output lines start with "VHOST: "; the last one is "VHOST-DONE".
+ *
+ * The kernel hands unknown "key=value" command-line words to init as
+ * environment variables: vhost_mode=loop writes the pattern at 2 MiB in a
+ * loop (the host kills the front-end meanwhile); vhost_mode=rng reads
+ * /dev/hwrng (vhost-user-rng-pci) instead of using a disk.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -66,8 +72,38 @@ static void finish(void)
 		pause();
 }
 
+static void rng(void)
+{
+	char hex[2 * 32 + 1];
+	int fd = -1, i;
+
+	for (i = 0; i < 200 && (fd = open("/dev/hwrng", O_RDONLY)) < 0; i++)
+		usleep(50000);
+	if (fd < 0 || read(fd, buf, 32) != 32) {
+		say("error", "hwrng failed"), say("errno", strerror(errno));
+		finish();
+	}
+	for (i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", buf[i]);
+	say("hwrng", hex);
+	finish();
+}
+
+static void loop(int fd)
+{
+	for (unsigned long n = 0;; n++) {
+		if (full(fd, pat, CHUNK, 2 * WRITE_AT, 1) < 0 || fsync(fd) < 0) {
+			say("error", "loop write failed"), say("errno", strerror(errno));
+			finish();
+		}
+		if (n == 0)
+			say("loop", "running");
+	}
+}
+
 int main(void)
 {
+	const char *mode = getenv("vhost_mode");
 	struct stat st;
 	char hex[17];
 	int fd, i;
@@ -75,6 +111,10 @@ int main(void)
 	mkdir("/dev", 0755);
 	if (mount("devtmpfs", "/dev", "devtmpfs", 0, NULL) < 0 && errno != EBUSY)
 		say("error", "mount failed"), say("errno", strerror(errno));
+	if (mode && !strcmp(mode, "rng"))
+		rng();
+	for (i = 0; i < CHUNK; i++)
+		pat[i] = (unsigned char)(i * 7 + 3 + (i >> 9));
 	for (i = 0; i < 200 && stat("/dev/vda", &st) < 0; i++)
 		usleep(50000);
 	fd = open("/dev/vda", O_RDWR);
@@ -88,8 +128,8 @@ int main(void)
 	}
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)fnv(buf, CHUNK));
 	say("read", hex);
-	for (i = 0; i < CHUNK; i++)
-		pat[i] = (unsigned char)(i * 7 + 3 + (i >> 9));
+	if (mode && !strcmp(mode, "loop"))
+		loop(fd);
 	if (full(fd, pat, CHUNK, WRITE_AT, 1) < 0 || fsync(fd) < 0) {
 		say("error", "write failed"), say("errno", strerror(errno));
 		finish();
