@@ -87,10 +87,12 @@ from kvmlite.errors import ConfigError, StateError
 
 log = logging.getLogger("kvmlite.devices.virtio")
 
-#: Entries a MAC filter table may hold (QEMU's MAC_TABLE_ENTRIES is 64).
+#: Entries a MAC filter table holds (QEMU's MAC_TABLE_ENTRIES is 64); a longer
+#: list is accepted and the filter lets all addresses of that kind through.
 MAC_TABLE_ENTRIES = 64
-#: Largest control message we read; a MAC table of 2 x 64 entries is < 800 bytes.
-MAX_CTRL_LEN = 4096
+#: Largest control message we read (a MAC table of ~170000 addresses); a longer
+#: one is answered VIRTIO_NET_ERR unread.
+MAX_CTRL_LEN = 1 << 20
 
 
 class NetBackendLike(Protocol):
@@ -130,6 +132,8 @@ class NetRxFilterState:
     allmulti: bool
     uni_macs: tuple[bytes, ...]
     multi_macs: tuple[bytes, ...]
+    uni_overflow: bool
+    multi_overflow: bool
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ class VirtioNet(VirtioDevice):
         self.allmulti = True
         self.uni_macs: tuple[bytes, ...] = ()
         self.multi_macs: tuple[bytes, ...] = ()
+        self.uni_overflow = self.multi_overflow = False
         self.pending: list[collections.deque[bytes]] = [collections.deque() for _ in backends]
         self.throttled = [False] * self.pairs
         self.tx_blocked = [False] * self.pairs
@@ -360,8 +365,13 @@ class VirtioNet(VirtioDevice):
         if len(dst) < ETH_ALEN:
             return False
         if dst[0] & 1:  # multicast or broadcast
-            return dst == b"\xff" * ETH_ALEN or self.allmulti or dst in self.multi_macs
-        return dst == self.mac or dst in self.uni_macs
+            return (
+                dst == b"\xff" * ETH_ALEN
+                or self.allmulti
+                or self.multi_overflow
+                or dst in self.multi_macs
+            )
+        return dst == self.mac or self.uni_overflow or dst in self.uni_macs
 
     def _deliver(self, index: int, frame: bytes) -> bool | None:
         """Copy one frame into receive buffers: True done, False dropped, None no buffers."""
@@ -426,10 +436,11 @@ class VirtioNet(VirtioDevice):
                 raise ChainError(chain.head, "control command without a writable ack byte")
             if chain.readable_len < 2:
                 raise ChainError(chain.head, "control command shorter than class + command")
-            if chain.readable_len > MAX_CTRL_LEN:
-                raise ChainError(chain.head, f"control command of {chain.readable_len} bytes")
-            msg = chain.read_all(mem)
-            ack = VIRTIO_NET_OK if self._ctrl_command(msg[0], msg[1], msg[2:]) else VIRTIO_NET_ERR
+            ack = VIRTIO_NET_ERR
+            if chain.readable_len <= MAX_CTRL_LEN:
+                msg = chain.read_all(mem)
+                if self._ctrl_command(msg[0], msg[1], msg[2:]):
+                    ack = VIRTIO_NET_OK
             # The ack is the chain's last writable byte (§5.1.6.5).
             last = [d for d in chain.writable if d.length][-1]
             mem.write(last.addr + last.length - 1, bytes([ack]))
@@ -460,7 +471,7 @@ class VirtioNet(VirtioDevice):
                 tables = _parse_mac_tables(data)
                 if tables is None:
                     return False
-                self.uni_macs, self.multi_macs = tables
+                (self.uni_macs, self.uni_overflow), (self.multi_macs, self.multi_overflow) = tables
                 return True
             return False
         if cls == VIRTIO_NET_CTRL_ANNOUNCE and self.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE):
@@ -503,6 +514,7 @@ class VirtioNet(VirtioDevice):
         self.active_pairs = 1
         self.promisc = self.allmulti = True
         self.uni_macs = self.multi_macs = ()
+        self.uni_overflow = self.multi_overflow = False
         self.tx_blocked = [False] * self.pairs
         # Throttled pairs stay throttled until activation wakes them: the fd is
         # not watched, and nothing can be delivered until DRIVER_OK.
@@ -516,7 +528,12 @@ class VirtioNet(VirtioDevice):
                 announce=self.announce_pending,
                 active_pairs=self.active_pairs,
                 rx_filter=NetRxFilterState(
-                    self.promisc, self.allmulti, self.uni_macs, self.multi_macs
+                    self.promisc,
+                    self.allmulti,
+                    self.uni_macs,
+                    self.multi_macs,
+                    self.uni_overflow,
+                    self.multi_overflow,
                 ),
                 pending=tuple(tuple(p) for p in self.pending),
             )
@@ -538,23 +555,35 @@ class VirtioNet(VirtioDevice):
             f = state.rx_filter
             self.promisc, self.allmulti = f.promisc, f.allmulti
             self.uni_macs, self.multi_macs = f.uni_macs, f.multi_macs
+            self.uni_overflow, self.multi_overflow = f.uni_overflow, f.multi_overflow
             self.pending = [collections.deque(p) for p in state.pending]
             # Frames waiting from before: the fd must not be read until they went out.
             self.throttled = [bool(p) for p in self.pending]
 
 
-def _parse_mac_tables(data: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
-    """Two ``virtio_net_ctrl_mac`` (le32 entries + entries*6 bytes): unicast, multicast."""
-    tables: list[tuple[bytes, ...]] = []
+MacTable = tuple[tuple[bytes, ...], bool]
+
+
+def _parse_mac_tables(data: bytes) -> tuple[MacTable, MacTable] | None:
+    """Two ``virtio_net_ctrl_mac`` (le32 entries + entries*6 bytes): unicast, multicast.
+
+    Each comes back as (addresses, overflow): a list longer than
+    ``MAC_TABLE_ENTRIES`` is not kept, it lets every address of its kind pass.
+    """
+    tables: list[MacTable] = []
     pos = 0
     for _ in range(2):
         if len(data) < pos + 4:
             return None
         n = struct.unpack_from("<I", data, pos)[0]
         pos += 4
-        if n > MAC_TABLE_ENTRIES or len(data) < pos + n * ETH_ALEN:
+        if len(data) < pos + n * ETH_ALEN:
             return None
-        tables.append(tuple(data[pos + i * ETH_ALEN : pos + (i + 1) * ETH_ALEN] for i in range(n)))
+        if n > MAC_TABLE_ENTRIES:
+            tables.append(((), True))
+        else:
+            macs = tuple(data[pos + i * ETH_ALEN : pos + (i + 1) * ETH_ALEN] for i in range(n))
+            tables.append((macs, False))
         pos += n * ETH_ALEN
     if pos != len(data):
         return None

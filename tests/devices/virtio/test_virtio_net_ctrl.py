@@ -91,7 +91,7 @@ def test_mac_table_set_rejects_malformed_tables() -> None:
         struct.pack("<I", 1),  # one entry announced, none there
         mac_tables([PEER_MAC], [])[:-2],  # multicast count cut short
         mac_tables([], []) + b"x",  # trailing bytes
-        struct.pack("<I", 65) + PEER_MAC * 65 + struct.pack("<I", 0),  # over the table limit
+        struct.pack("<I", 0xFFFFFFFF) + PEER_MAC,  # a count far past the data
     ]
     for data in bad:
         assert ctrl(ctrlq, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, data) == (
@@ -171,3 +171,29 @@ def test_multiqueue_pairs_have_their_own_backends() -> None:
     assert dev.handle_rx(1)
     [u] = drv[2].get_used()
     assert u.written[VNET_HDR_LEN : u.length] == eth(GUEST_MAC, b"in on pair 1")
+
+
+def test_mac_tables_longer_than_the_filter_let_that_kind_through() -> None:
+    dev, backend, drv, _, _ = make()
+    ctrlq = drv[dev.ctrl_queue]
+    ctrl(ctrlq, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, b"\0")
+    ctrl(ctrlq, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_ALLMULTI, b"\0")
+    many_multi = [bytes([1, 0, 0x5E, 0, 1, i]) for i in range(65)]
+    table = mac_tables([], many_multi)
+    assert ctrl(ctrlq, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET, table) == VIRTIO_NET_OK
+    assert dev.multi_overflow and not dev.uni_overflow
+    other_mcast = bytes.fromhex("333300000001")
+    other_uni = bytes.fromhex("525400999999")
+    frames = [eth(other_mcast, b"m"), eth(other_uni, b"u")]
+    assert received(dev, backend, drv[0], frames) == [frames[0]]
+
+
+def test_control_message_over_the_size_limit_is_an_error_not_a_reset() -> None:
+    dev = VirtioNet(FakeNetBackend(), mac=MAC, queue_size=64)
+    drv, _, _ = attach_drivers(dev, bytearray_memory(8 << 20))
+    ctrlq = drv[dev.ctrl_queue]
+    head = bytes([VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_TABLE_SET])
+    ctrlq.add_chain([head, bytes(1 << 20)], [1])
+    ctrlq.kick(force=True)
+    [u] = ctrlq.get_used()
+    assert u.written == bytes([VIRTIO_NET_ERR]) and not dev.broken
