@@ -182,6 +182,8 @@ class VirtioNet(VirtioDevice):
         self.mac = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
         if len(self.mac) != ETH_ALEN:
             raise ConfigError(f"{name}: a MAC address has 6 bytes, not {len(self.mac)}")
+        if self.mac[0] & 1:
+            raise ConfigError(f"{name}: {format_mac(self.mac)} is a multicast address")
         self.backends = backends
         self.pairs = len(backends)
         self.mtu = mtu

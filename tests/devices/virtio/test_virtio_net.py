@@ -134,6 +134,10 @@ def test_bad_options_are_config_errors() -> None:
         VirtioNet(FakeNetBackend(), mac="01:00:5e:00:00:01")  # multicast
     with pytest.raises(ConfigError):
         VirtioNet(FakeNetBackend(), mac=MAC, mtu=20)
+    with pytest.raises(ConfigError, match="multicast"):
+        VirtioNet(FakeNetBackend(), mac=b"\x03" + bytes(5))
+    with pytest.raises(ConfigError, match="6 bytes"):
+        VirtioNet(FakeNetBackend(), mac=bytes(5))
     with pytest.raises(ConfigError):
         VirtioNet([FakeNetBackend(), FakeNetBackend(vnet_hdr=True)], mac=MAC)
     with pytest.raises(ConfigError):
