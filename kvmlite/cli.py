@@ -71,7 +71,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME=SPEC",
-        help="extra virtio-console port (guest /dev/vport0pN), e.g. log=unix:/tmp/s",
+        help="extra virtio-console port (guest /dev/vportDpN), e.g. log=unix:/tmp/s",
     )
     p.add_argument(
         "--virtio-transport",

@@ -52,11 +52,13 @@ def guest():
 
 
 class Hvc0Peer(threading.Thread):
-    """The host end of hvc0: connects, sends a line, collects what the guest says."""
+    """The host end of a console port: connects, sends a line, collects what
+    the guest says until ``until`` shows up."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, until: bytes = b"hello-from-hvc0") -> None:
         super().__init__(daemon=True)
         self.path = path
+        self.until = until
         self.received = bytearray()
 
     def run(self) -> None:
@@ -68,7 +70,7 @@ class Hvc0Peer(threading.Thread):
         s.sendall(b"ping-from-host\n")
         s.settimeout(BOOT_TIMEOUT)
         try:
-            while b"hello-from-hvc0" not in self.received:
+            while self.until not in self.received:
                 data = s.recv(4096)
                 if not data:
                     break
@@ -92,9 +94,13 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     sock = tmp_path / "hvc0.sock"
     peer = Hvc0Peer(sock)
     peer.start()
+    port_sock = tmp_path / "port.sock"
+    port_peer = Hvc0Peer(port_sock, until=b"hello-from-vport")
+    port_peer.start()
     argv = [sys.executable, "-m", "kvmlite.cli", "run", "--console", "stdio",
             "-k", str(vmlinux), "-i", str(initrd), "-m", "64",
             "-d", f"{disk},serial=kvmlite0", "--rng", "--virtio-console", f"unix:{sock}",
+            "--virtio-port", f"org.kvmlite.test=unix:{port_sock}",
             "--virtio-transport", transport.split("-")[0]]  # fmt: skip
     if transport == "pci-intx":
         argv += ["-a", "pci=nomsi"]
@@ -106,6 +112,7 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     finally:
         console.close()
     peer.join(10)
+    port_peer.join(10)
 
     assert status == 0
     assert facts["vda_sectors"] == [str((8 << 20) // 512)]
@@ -117,6 +124,8 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     assert len(rng) == 32 and len(set(rng)) > 8
     assert facts["hvc0_in"] == ["ping-from-host"]
     assert b"hello-from-hvc0" in peer.received
+    assert facts["vport"] == ["ok"]  # a named port: /dev/vport<N>p1 in the guest
+    assert b"hello-from-vport" in port_peer.received
     assert int(facts["virtio_irqs"][0]) >= 3
     if transport == "pci":
         assert int(facts["msix"][0]) >= 3  # MSI-X vectors for blk, rng and console queues

@@ -10,12 +10,14 @@
  *   vda_write=ok             64 KiB pattern written at 1 MiB and fsync'ed
  *   hwrng=<hex of 32 bytes from /dev/hwrng>
  *   hvc0_in=<a line the host sent to hvc0>
+ *   vport=<ok, or why not>  "hello-from-vport" written to /dev/vport<N>p1
  *   KVMLITE-CHECK-DONE
  *
  * and writes "hello-from-hvc0" to /dev/hvc0 before reading. The pattern is
  * byte i of the region = (i * 7 + 13) & 0xff, so the host can check it.
  * Build: gcc -static -O2 -o virtio_check virtio_check.c
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
@@ -133,6 +135,30 @@ static void hvc0(void)
 	close(fd);
 }
 
+static void vport(void)
+{
+	/* The first named port of the multiport console (virtio 1.2 §5.3.6.2):
+	 * /dev/vport<N>p1, N being the console's virtio device index. */
+	char path[300] = "";
+	DIR *dir = opendir("/dev");
+	struct dirent *e;
+
+	while (dir && (e = readdir(dir)))
+		if (!strncmp(e->d_name, "vport", 5) && strstr(e->d_name, "p1") &&
+		    strlen(e->d_name) < 32)
+			snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+	if (dir)
+		closedir(dir);
+	int fd = path[0] ? open(path, O_WRONLY | O_NOCTTY) : -1;
+
+	if (fd < 0) {
+		emit("vport", "absent");
+		return;
+	}
+	emit("vport", write(fd, "hello-from-vport\n", 17) == 17 ? "ok" : "write-failed");
+	close(fd);
+}
+
 int main(void)
 {
 	mkdir("/proc", 0755);
@@ -149,6 +175,7 @@ int main(void)
 	disk();
 	hwrng();
 	hvc0();
+	vport();
 	dprintf(1, "KVMLITE-CHECK-DONE\n");
 	tcdrain(1); /* see check_init.c: let the tty drain before power-off */
 	sync();
