@@ -4,7 +4,7 @@ Serves ``kvmlite.devices.virtio`` models to QEMU or any other vhost-user
 front-end (QEMU docs/interop/vhost-user.rst) through
 ``kvmlite.vhost_user.backend.VhostUserBackend``::
 
-    kvmlite serve blk --socket /tmp/blk.sock disk.qcow2[,ro][,serial=S][,format=F][,queues=N]
+    kvmlite serve blk --socket /tmp/blk.sock [--queue-size N] disk.qcow2[,ro][,serial=S][,queues=N]
     kvmlite serve rng --socket /tmp/rng.sock
 
 The process serves front-ends one after another (a front-end that quits or
@@ -25,6 +25,22 @@ from typing import Any
 from kvmlite.errors import KvmliteError
 
 log = logging.getLogger("kvmlite.serve")
+
+
+#: QEMU's vhost-user-blk-pci "queue-size" default. virtio-blk's SEG_MAX
+#: (queue size - 2) tells the driver how long a request's chain may be, so
+#: the device's queue size must match the ring the front-end really sets up.
+QEMU_VHOST_USER_BLK_QUEUE_SIZE = 128
+
+
+def _queue_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 2 <= n <= 32768 or n & (n - 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a power of two in 2..32768")
+    return n
 
 
 def _serve(device: Any, socket_path: str, watch: list[tuple[int, Callable[[], object]]]) -> int:
@@ -52,7 +68,11 @@ def cmd_blk(a: argparse.Namespace) -> int:
     executor = ThreadPoolIoExecutor()
     try:
         dev = VirtioBlock(
-            image, serial=disk.serial or "", num_queues=disk.queues, executor=executor
+            image,
+            serial=disk.serial or "",
+            num_queues=disk.queues,
+            queue_size=a.queue_size,
+            executor=executor,
         )
         assert executor.completion_fd is not None
         return _serve(dev, a.socket, [(executor.completion_fd, executor.run_completions)])
@@ -78,6 +98,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "image",
         metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N]",
         help="disk image and options (as kvmlite run -d)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=_queue_size,
+        default=QEMU_VHOST_USER_BLK_QUEUE_SIZE,
+        metavar="N",
+        help="ring entries per queue; must equal the front-end's (QEMU queue-size=, "
+        f"default {QEMU_VHOST_USER_BLK_QUEUE_SIZE})",
     )
     p.set_defaults(func=cmd_blk)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from kvmlite.devices.irq import NoInterrupt
 from kvmlite.devices.virtio.device import VirtioDevice
-from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
+from kvmlite.devices.virtio.queue import DESC_SIZE, QueueError, VirtQueue
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
@@ -368,6 +368,14 @@ class VhostUserBackend:
             # Hot-(un)plugged RAM while running: the rings keep their guest addresses.
             with self.device.lock:
                 self.device.memory = mem.memory
+                for v in s.vrings:
+                    if v.started:
+                        # Re-caches the queue's ring views in the new mapping, which
+                        # drops its views of the old one so that close() can unmap it.
+                        try:
+                            v.queue.avail_idx(mem.memory)
+                        except QueueError as e:
+                            raise BackendError(f"new memory table lost a ring: {e}") from None
         if old is not None:
             old.close()
         return None
@@ -388,6 +396,14 @@ class VhostUserBackend:
         n, mx = body.num, v.queue.max_size
         if not 1 <= n <= mx or n & (n - 1):
             raise BackendError(f"queue {body.index}: size {n} is not a power of two <= {mx}")
+        if n < mx:
+            # virtio-blk's SEG_MAX is sized for the device's queue; a smaller ring
+            # lets the driver build chains longer than the ring, which break it.
+            log.warning(
+                "%s: the front-end's queue %d has %d entries, the device's %d; give the"
+                " back-end the front-end's queue size (kvmlite serve --queue-size %d)",
+                self.device.name, body.index, n, mx, n,
+            )  # fmt: skip
         v.queue.set_size(n)
         return None
 

@@ -104,6 +104,7 @@ class MappedMemory:
             try:
                 m.close()
             except BufferError:
-                log.warning("guest memory still in use at disconnect; unmapped when released")
+                # A view is still alive somewhere; the mapping goes with the last one.
+                log.debug("guest memory still in use; unmapped when its last view is released")
         self._maps = []
         self._regions = []

@@ -10,6 +10,7 @@ at 1 MiB, or reads /dev/hwrng; the host file and the console are the judges.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.guestimage import BASE_CMDLINE, DefaultGuest, check_guest
+from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT, DefaultGuest, check_guest, default_guest
 from kvmlite.guestimage.initramfs import build_single_init_initramfs
 from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
@@ -56,6 +57,11 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> tuple[DefaultGuest, Path]
     return kernel, build_single_init_initramfs(init, tmp_path_factory.mktemp("vu") / "init.cpio")
 
 
+@pytest.fixture(scope="module")
+def busybox_guest() -> DefaultGuest:
+    return default_guest(progress=False)
+
+
 @pytest.fixture
 def procs() -> Iterator[list]:
     started: list = []
@@ -69,15 +75,16 @@ def procs() -> Iterator[list]:
 
 
 def serve(procs: list, sock: Path, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kvmlite.serve", *args, "--socket", str(sock)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = sock.with_suffix(".log")
+    with open(log, "w") as fh:  # a file: an unread pipe could fill and stall the back-end
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvmlite.serve", *args, "-v", "--socket", str(sock)],
+            stderr=fh,
+        )
     procs.append(proc)
     deadline = time.monotonic() + 20
     while not sock.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "kvmlite serve did not create its socket"
         time.sleep(0.05)
     return proc
@@ -177,3 +184,49 @@ def test_linux_reads_a_served_hwrng(
     assert len(set(bytes.fromhex(value[6:]))) > 8  # 32 random bytes, not a constant
     c.expect(rb"VHOST-DONE", timeout=60)
     c.wait_eof(timeout=60)
+
+
+def test_ext2_made_in_the_guest_is_clean_on_the_host(
+    tmp_path: Path, procs: list, busybox_guest: DefaultGuest
+) -> None:
+    """busybox mke2fs + mount + files in the guest; e2fsck -fn and debugfs on the host."""
+    for tool in ("e2fsck", "debugfs"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} missing: apt-get install e2fsprogs")
+    image = tmp_path / "fs.raw"
+    image.write_bytes(bytes(16 << 20))
+    sock = tmp_path / "blk.sock"
+    server = serve(procs, sock, "blk", str(image))
+    c = qemu(procs, (busybox_guest, busybox_guest.initrd), sock, "vhost-user-blk-pci")
+    c.expect(re.escape(SHELL_PROMPT), timeout=180)
+
+    def run(cmd: str, timeout: float = 60) -> str:
+        c.sendline(f"{cmd}; echo RC=$?")
+        m = c.expect(rb"\r?\n((?:.*\r?\n)*?)RC=(\d+)\r?\n", timeout=timeout)
+        out = m.group(1).decode(errors="replace")
+        assert m.group(2) == b"0", f"{cmd!r} failed:\n{out}"
+        return out
+
+    run("mke2fs -q -b 1024 /dev/vda")
+    run("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt")
+    run("dd if=/dev/urandom of=/mnt/big bs=64k count=40 2>/dev/null")
+    run("mkdir /mnt/dir && echo hello-vhost > /mnt/dir/small && sync")
+    out = run("sha256sum /mnt/big")
+    guest_sum = re.search(r"\b([0-9a-f]{64})\s+/mnt/big", out)
+    assert guest_sum, out
+    run("umount /mnt && sync")
+    c.sendline("poweroff -f")
+    c.wait_eof(timeout=60)
+    assert server.poll() is None
+
+    fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    big = tmp_path / "big"
+    subprocess.run(
+        ["debugfs", "-R", f"dump /big {big}", str(image)], capture_output=True, check=True
+    )
+    assert hashlib.sha256(big.read_bytes()).hexdigest() == guest_sum.group(1)
+    small = subprocess.run(
+        ["debugfs", "-R", "cat /dir/small", str(image)], capture_output=True, text=True
+    )
+    assert small.stdout.strip() == "hello-vhost"
