@@ -253,3 +253,15 @@ def test_two_region_memory_table(blk: tuple[Served, Path], frontends: list) -> N
     used = do_request(f, drv, [struct.pack("<IIQ", VIRTIO_BLK_T_OUT, 0, 1), data], [1])
     assert used.written == b"\x00"
     assert image.read_bytes()[512:1024] == data
+
+
+def test_smaller_frontend_ring_is_warned_about(
+    blk: tuple[Served, Path], frontends: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    served, _ = blk
+    f = connect(served, frontends)
+    with caplog.at_level(logging.WARNING, "kvmlite.vhost_user"):
+        drv = start_blk(f)  # 64 entries; the device was built for 256
+    assert "--queue-size 64" in caplog.text
+    used = do_request(f, drv, [struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)], [512, 1])
+    assert used.length == 513

@@ -146,3 +146,11 @@ def test_register_adds_serve() -> None:
     serve.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "rng", "--socket", "/x"])
     assert args.func is serve.cmd_rng and args.socket == "/x"
+
+
+@pytest.mark.parametrize("value", ["100", "0", "65536", "x"])
+def test_serve_bad_queue_size(tmp_path: Path, value: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        serve.main(["blk", "--socket", str(tmp_path / "s"), "--queue-size", value, "d.raw"])
+    assert e.value.code == 2
+    assert "power of two" in capsys.readouterr().err
