@@ -15,6 +15,7 @@ from kvmlite.devices.virtio.mmio import (
     VirtioMmioState,
     cmdline_fragment,
 )
+from kvmlite.devices.virtio.net import VirtioNet, VirtioNetState
 from kvmlite.devices.virtio.pci import VirtioPciDevice, VirtioPciState
 from kvmlite.devices.virtio.queue import (
     ChainError,
@@ -27,6 +28,8 @@ from kvmlite.devices.virtio.queue import (
 from kvmlite.devices.virtio.rng import VirtioRng, VirtioRngState
 
 __all__ = [
+    "VirtioNet",
+    "VirtioNetState",
     "MMIO_SIZE",
     "ChainError",
     "Descriptor",
