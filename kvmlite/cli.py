@@ -1,4 +1,6 @@
-"""The ``kvmlite`` command line: ``kvmlite run|img ...`` (img: kvmlite/imgtool.py).
+"""The ``kvmlite`` command line: ``kvmlite run|img|serve ...``.
+
+``img`` lives in kvmlite/imgtool.py and ``serve`` (vhost-user) in kvmlite/serve.py.
 
 ``kvmlite run`` exit statuses: 0 the guest powered off (or the user quit
 from the console), 1 kvmlite failed (bad input, KVM error), 2 usage error,
@@ -148,6 +150,12 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         imgtool.register(sub)
     else:  # listed in --help; the image tools load only when used (start-up time)
         sub.add_parser("img", help="create, inspect, check and convert disk images")
+    if argv is None or argv[:1] == ["serve"]:
+        from kvmlite import serve
+
+        serve.register(sub)
+    else:
+        sub.add_parser("serve", help="serve a virtio device to another VMM over vhost-user")
     return parser
 
 
@@ -168,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from kvmlite import imgtool
 
         return imgtool.run(args)
+    if args.command == "serve":
+        from kvmlite import serve
+
+        return serve.run(args)
     try:
         return args.func(args)
     except KvmliteError as e:
