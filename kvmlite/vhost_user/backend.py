@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from kvmlite.devices.irq import NoInterrupt
 from kvmlite.devices.virtio.device import VirtioDevice
-from kvmlite.devices.virtio.queue import DESC_SIZE, QueueError, VirtQueue
+from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
@@ -363,19 +363,20 @@ class VhostUserBackend:
     def _set_mem_table(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.MemoryTable)
         mem = MappedMemory(body.regions, fds)
+        started = [v for v in s.vrings if v.started]
+        lost = [i for i, v in enumerate(s.vrings) if v.started and not v.queue.is_valid(mem.memory)]
+        if lost:  # refuse before changing anything: the running rings keep the old table
+            mem.close()
+            raise BackendError(f"the new memory table does not hold the rings of queues {lost}")
         old, s.mem = s.mem, mem
         if s.active:
             # Hot-(un)plugged RAM while running: the rings keep their guest addresses.
             with self.device.lock:
                 self.device.memory = mem.memory
-                for v in s.vrings:
-                    if v.started:
-                        # Re-caches the queue's ring views in the new mapping, which
-                        # drops its views of the old one so that close() can unmap it.
-                        try:
-                            v.queue.avail_idx(mem.memory)
-                        except QueueError as e:
-                            raise BackendError(f"new memory table lost a ring: {e}") from None
+                for v in started:
+                    # Re-caches the queue's ring views in the new mapping, which drops
+                    # its views of the old one so that close() below can unmap it.
+                    v.queue.avail_idx(mem.memory)
         if old is not None:
             old.close()
         return None

@@ -16,7 +16,7 @@ from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.protocol import Request
 
 from .conftest import DISK_SIZE, Served
-from .frontend import Frontend
+from .frontend import USER_BASE, Frontend
 
 VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT = 0, 1
 
@@ -265,3 +265,18 @@ def test_smaller_frontend_ring_is_warned_about(
     assert "--queue-size 64" in caplog.text
     used = do_request(f, drv, [struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)], [512, 1])
     assert used.length == 513
+
+
+def test_memory_table_replaced_while_running(blk: tuple[Served, Path], frontends: list) -> None:
+    served, _ = blk
+    f = connect(served, frontends)
+    drv = start_blk(f)
+    req = [struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0)]
+    assert do_request(f, drv, req, [512, 1]).length == 513
+    # The same RAM again (QEMU re-sends the table when the guest's memory map changes).
+    assert f.set_mem_table() == 0
+    assert do_request(f, drv, req, [512, 1]).length == 513
+    # A table without the rings' RAM is refused, and the old one stays in use.
+    moved = [p.MemoryRegion(1 << 32, f.ram_size, USER_BASE, 0)]
+    assert f.set_mem_table(moved) == 1
+    assert do_request(f, drv, req, [512, 1]).length == 513
