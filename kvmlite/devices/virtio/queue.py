@@ -345,6 +345,10 @@ class VirtQueue:
                 if not contains(addr, length):
                     raise ChainError(head, f"indirect table {addr:#x}+{length:#x} outside RAM")
                 table, table_len, index, in_indirect = memory.view(addr, length), n, 0, True
+                # The table's entries are counted on their own, like QEMU's
+                # virtqueue_pop: a full table (queue-size entries, which Linux
+                # builds for large requests) is legal; its pointer does not count.
+                seen, limit = 0, n
                 continue
             writable = bool(flags & VIRTQ_DESC_F_WRITE)
             if seen_writable and not writable:

@@ -107,3 +107,18 @@ def test_raw_nowait_refuses_direct_and_read_only(tmp_path: Path) -> None:
     assert ro.writev_nowait(0, [b"x" * 512]) is None
     assert ro.readv_nowait(0, [memoryview(bytearray(512))]) == 512
     ro.close()
+
+
+def test_indirect_table_of_queue_size_entries_is_legal() -> None:
+    """Linux fills an indirect table up to the queue size for large requests
+    (found by a guest's dd bs=1M oflag=direct through vhost-user)."""
+    from kvmlite.devices.virtio.blk import VIRTIO_BLK_T_IN
+
+    backend = NeverCached()
+    dev = VirtioBlock(backend, queue_size=16)  # type: ignore[arg-type]
+    [drv], _, _ = attach_drivers(dev, bytearray_memory(4 << 20), queue_size=16)
+    drv.add_chain([hdr(VIRTIO_BLK_T_IN, 0)], [512] * 14 + [1], indirect=True)  # 16 entries
+    drv.kick()
+    [used] = drv.get_used()
+    assert used.length == 14 * 512 + 1 and used.written[-1] == VIRTIO_BLK_S_OK
+    assert not dev.broken
