@@ -17,7 +17,7 @@ import ctypes.util
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from kvmlite.backends.block.base import BlockBackend, Extent, iov_length
 from kvmlite.errors import ImageError
@@ -121,18 +121,23 @@ class RawBackend(BlockBackend):
             return None
         total = iov_length(bufs)
         self._check_range(offset, total)
+        n = self._nowait("read", lambda: os.preadv(self._fd, bufs, offset, os.RWF_NOWAIT))
+        # A short read means part of the range was not cached (or past EOF):
+        # let the blocking path redo the whole request; reading twice is harmless.
+        return total if n == total else None
+
+    def _nowait(self, kind: str, io: Callable[[], int]) -> int | None:
+        """Run an RWF_NOWAIT call: its count, or None if it would block or the
+        filesystem does not take RWF_NOWAIT for ``kind`` (then never again)."""
         try:
-            n = os.preadv(self._fd, bufs, offset, os.RWF_NOWAIT)
+            return io()
         except BlockingIOError:
             return None
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self._nowait_unsupported["read"] = True
+                self._nowait_unsupported[kind] = True
                 return None
             raise
-        # A short read means part of the range was not cached (or past EOF):
-        # let the blocking path redo the whole request; reading twice is harmless.
-        return total if n == total else None
 
     def writev_nowait(self, offset: int, bufs: Sequence[bytes | memoryview]) -> int | None:
         """pwritev with RWF_NOWAIT (buffered writes that need no I/O), or None."""
@@ -142,15 +147,9 @@ class RawBackend(BlockBackend):
         self._check_range(offset, total)
         if self._probed and offset < 512 and total:
             return None  # the sector-0 magic check belongs to the full path
-        try:
-            n = os.pwritev(self._fd, bufs, offset, os.RWF_NOWAIT)
-        except BlockingIOError:
+        n = self._nowait("write", lambda: os.pwritev(self._fd, bufs, offset, os.RWF_NOWAIT))
+        if n is None:
             return None
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self._nowait_unsupported["write"] = True
-                return None
-            raise
         if n == total:
             return total
         # Part of it went in: finish the rest the blocking way, on this thread
