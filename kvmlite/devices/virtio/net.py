@@ -48,6 +48,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvmlite.devices.virtio.device import VirtioDevice, VirtioDeviceState
+from kvmlite.devices.virtio.net_ctrl import NetControlQueue
+from kvmlite.devices.virtio.net_filter import (  # noqa: F401 - parse_mac/format_mac: API
+    MAC_TABLE_ENTRIES,
+    MacTable,
+    NetRxFilterState,
+    filter_accepts,
+    format_mac,
+    parse_mac,
+    parse_mac_tables,
+)
 from kvmlite.devices.virtio.net_spec import (
     ETH_ALEN,
     FEATURE_REQUIRES,
@@ -55,18 +65,6 @@ from kvmlite.devices.virtio.net_spec import (
     NET_CONFIG,
     NUM_BUFFERS_OFFSET,
     OFFLOAD_FEATURES,
-    VIRTIO_NET_CTRL_ANNOUNCE,
-    VIRTIO_NET_CTRL_ANNOUNCE_ACK,
-    VIRTIO_NET_CTRL_MAC,
-    VIRTIO_NET_CTRL_MAC_ADDR_SET,
-    VIRTIO_NET_CTRL_MAC_TABLE_SET,
-    VIRTIO_NET_CTRL_MQ,
-    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN,
-    VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
-    VIRTIO_NET_CTRL_RX,
-    VIRTIO_NET_CTRL_RX_ALLMULTI,
-    VIRTIO_NET_CTRL_RX_PROMISC,
-    VIRTIO_NET_ERR,
     VIRTIO_NET_F_CTRL_MAC_ADDR,
     VIRTIO_NET_F_CTRL_RX,
     VIRTIO_NET_F_CTRL_VQ,
@@ -76,7 +74,6 @@ from kvmlite.devices.virtio.net_spec import (
     VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_OK,
     VIRTIO_NET_S_ANNOUNCE,
     VIRTIO_NET_S_LINK_UP,
     VNET_HDR_LEN,
@@ -86,13 +83,6 @@ from kvmlite.devices.virtio.spec import VIRTIO_ID_NET, bit
 from kvmlite.errors import ConfigError, StateError
 
 log = logging.getLogger("kvmlite.devices.virtio")
-
-#: Entries a MAC filter table holds (QEMU's MAC_TABLE_ENTRIES is 64); a longer
-#: list is accepted and the filter lets all addresses of that kind through.
-MAC_TABLE_ENTRIES = 64
-#: Largest control message we read (a MAC table of ~170000 addresses); a longer
-#: one is answered VIRTIO_NET_ERR unread.
-MAX_CTRL_LEN = 1 << 20
 
 
 class NetBackendLike(Protocol):
@@ -104,36 +94,6 @@ class NetBackendLike(Protocol):
     def recv_frames(self) -> list[bytes]: ...
     def can_send(self) -> bool: ...
     def set_offloads(self, features: int) -> None: ...
-
-
-def parse_mac(text: str) -> bytes:
-    """``"52:54:00:12:34:56"`` -> 6 bytes; ConfigError for anything else."""
-    parts = text.split(":")
-    try:
-        if len(parts) != ETH_ALEN or any(len(p) != 2 for p in parts):
-            raise ValueError
-        mac = bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ConfigError(
-            f"MAC address {text!r}: write six hex bytes, e.g. 52:54:00:12:34:56"
-        ) from None
-    if mac[0] & 1:
-        raise ConfigError(f"MAC address {text}: a multicast address (low bit of byte 0 set)")
-    return mac
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-@dataclass(frozen=True)
-class NetRxFilterState:
-    promisc: bool
-    allmulti: bool
-    uni_macs: tuple[bytes, ...]
-    multi_macs: tuple[bytes, ...]
-    uni_overflow: bool
-    multi_overflow: bool
 
 
 @dataclass(frozen=True)
@@ -158,7 +118,7 @@ class NetStats:
     rx_dropped_reset: int = 0
 
 
-class VirtioNet(VirtioDevice):
+class VirtioNet(NetControlQueue, VirtioDevice):
     """A virtio-net NIC over one backend per queue pair."""
 
     device_type = VIRTIO_ID_NET
@@ -363,17 +323,14 @@ class VirtioNet(VirtioDevice):
         if self.promisc or not self.has_feature(VIRTIO_NET_F_CTRL_RX):
             return True
         off = VNET_HDR_LEN if self.vnet_hdr else 0
-        dst = frame[off : off + ETH_ALEN]
-        if len(dst) < ETH_ALEN:
-            return False
-        if dst[0] & 1:  # multicast or broadcast
-            return (
-                dst == b"\xff" * ETH_ALEN
-                or self.allmulti
-                or self.multi_overflow
-                or dst in self.multi_macs
-            )
-        return dst == self.mac or self.uni_overflow or dst in self.uni_macs
+        return filter_accepts(
+            frame[off : off + ETH_ALEN],
+            self.mac,
+            allmulti=self.allmulti or self.multi_overflow,
+            multi_macs=self.multi_macs,
+            all_unicast=self.uni_overflow,
+            uni_macs=self.uni_macs,
+        )
 
     def _deliver(self, index: int, frame: bytes) -> bool | None:
         """Copy one frame into receive buffers: True done, False dropped, None no buffers."""
@@ -428,68 +385,6 @@ class VirtioNet(VirtioDevice):
         return True
 
     # -- control queue -------------------------------------------------------------------------
-
-    def _handle_ctrl(self) -> None:
-        q, mem = self.queues[self.ctrl_queue], self.memory
-        assert mem is not None
-        done = False
-        while (chain := q.pop(mem)) is not None:
-            if not chain.writable or chain.writable_len < 1:
-                raise ChainError(chain.head, "control command without a writable ack byte")
-            if chain.readable_len < 2:
-                raise ChainError(chain.head, "control command shorter than class + command")
-            ack = VIRTIO_NET_ERR
-            if chain.readable_len <= MAX_CTRL_LEN:
-                msg = chain.read_all(mem)
-                if self._ctrl_command(msg[0], msg[1], msg[2:]):
-                    ack = VIRTIO_NET_OK
-            # The ack is the chain's last writable byte (§5.1.6.5).
-            last = [d for d in chain.writable if d.length][-1]
-            mem.write(last.addr + last.length - 1, bytes([ack]))
-            q.add_used(mem, chain.head, 1)
-            done = True
-        if done:
-            self.signal_queue(self.ctrl_queue)
-
-    def _ctrl_command(self, cls: int, cmd: int, data: bytes) -> bool:
-        """Apply one control command; True for VIRTIO_NET_OK."""
-        if cls == VIRTIO_NET_CTRL_RX and self.has_feature(VIRTIO_NET_F_CTRL_RX):
-            if cmd not in (VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_RX_ALLMULTI):
-                return False
-            if len(data) != 1:
-                return False
-            if cmd == VIRTIO_NET_CTRL_RX_PROMISC:
-                self.promisc = bool(data[0])
-            else:
-                self.allmulti = bool(data[0])
-            return True
-        if cls == VIRTIO_NET_CTRL_MAC:
-            if cmd == VIRTIO_NET_CTRL_MAC_ADDR_SET and self.has_feature(VIRTIO_NET_F_CTRL_MAC_ADDR):
-                if len(data) != ETH_ALEN:
-                    return False
-                self.mac = bytes(data)
-                return True
-            if cmd == VIRTIO_NET_CTRL_MAC_TABLE_SET and self.has_feature(VIRTIO_NET_F_CTRL_RX):
-                tables = _parse_mac_tables(data)
-                if tables is None:
-                    return False
-                (self.uni_macs, self.uni_overflow), (self.multi_macs, self.multi_overflow) = tables
-                return True
-            return False
-        if cls == VIRTIO_NET_CTRL_ANNOUNCE and self.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE):
-            if cmd != VIRTIO_NET_CTRL_ANNOUNCE_ACK or data:
-                return False
-            self.announce_pending = False
-            return True
-        if cls == VIRTIO_NET_CTRL_MQ and self.has_feature(VIRTIO_NET_F_MQ):
-            if cmd != VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET or len(data) != 2:
-                return False
-            n = struct.unpack("<H", data)[0]
-            if not VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN <= n <= self.pairs:
-                return False
-            self.active_pairs = n
-            return True
-        return False
 
     # -- lifecycle and state ---------------------------------------------------------------------
 
@@ -561,32 +456,3 @@ class VirtioNet(VirtioDevice):
             self.pending = [collections.deque(p) for p in state.pending]
             # Frames waiting from before: the fd must not be read until they went out.
             self.throttled = [bool(p) for p in self.pending]
-
-
-MacTable = tuple[tuple[bytes, ...], bool]
-
-
-def _parse_mac_tables(data: bytes) -> tuple[MacTable, MacTable] | None:
-    """Two ``virtio_net_ctrl_mac`` (le32 entries + entries*6 bytes): unicast, multicast.
-
-    Each comes back as (addresses, overflow): a list longer than
-    ``MAC_TABLE_ENTRIES`` is not kept, it lets every address of its kind pass.
-    """
-    tables: list[MacTable] = []
-    pos = 0
-    for _ in range(2):
-        if len(data) < pos + 4:
-            return None
-        n = struct.unpack_from("<I", data, pos)[0]
-        pos += 4
-        if len(data) < pos + n * ETH_ALEN:
-            return None
-        if n > MAC_TABLE_ENTRIES:
-            tables.append(((), True))
-        else:
-            macs = tuple(data[pos + i * ETH_ALEN : pos + (i + 1) * ETH_ALEN] for i in range(n))
-            tables.append((macs, False))
-        pos += n * ETH_ALEN
-    if pos != len(data):
-        return None
-    return tables[0], tables[1]
