@@ -22,16 +22,6 @@ SYSTEM_EVENT_SHUTDOWN = 1
 SYSTEM_EVENT_RESET = 2
 SYSTEM_EVENT_CRASH = 3
 
-_unclaimed: set[tuple[str, int]] = set()
-
-
-def _unclaimed_access(kind: str, addr: int) -> None:
-    # Guests probe for hardware that is not there (e.g. legacy ports); log
-    # each address once so a probing guest cannot flood the log.
-    if (kind, addr) not in _unclaimed and len(_unclaimed) < 1024:
-        _unclaimed.add((kind, addr))
-        log.debug("unclaimed %s access at %#x", kind, addr)
-
 
 def run_vcpu(machine: Machine, vcpu: Any) -> None:
     """Thread body: run one vCPU until the machine stops."""
@@ -47,10 +37,10 @@ def run_vcpu(machine: Machine, vcpu: Any) -> None:
 def _loop(machine: Machine, vcpu: Any) -> None:
     from kvmlite.vmm.machine import ExitReason
 
-    pio_read = machine.pio_bus.dispatch_read
-    pio_write = machine.pio_bus.dispatch_write
-    mmio_read = machine.mmio_bus.dispatch_read
-    mmio_write = machine.mmio_bus.dispatch_write
+    # Bus.read/write answer an unclaimed access like an open bus (all-ones,
+    # writes dropped) and log each address once.
+    pio_read, pio_write = machine.pio_bus.read, machine.pio_bus.write
+    mmio_read, mmio_write = machine.mmio_bus.read, machine.mmio_bus.write
     IoExit, MmioExit, IntrExit = kx.IoExit, kx.MmioExit, kx.IntrExit  # noqa: N806
     run = vcpu.run
     while not machine.stopping:
@@ -60,25 +50,15 @@ def _loop(machine: Machine, vcpu: Any) -> None:
             size, port, data = ex.size, ex.port, ex.data
             if ex.is_write:
                 for i in range(0, ex.count * size, size):
-                    if not pio_write(port, bytes(data[i : i + size])):
-                        _unclaimed_access("pio", port)
+                    pio_write(port, bytes(data[i : i + size]))
             else:
                 for i in range(0, ex.count * size, size):
-                    value = pio_read(port, size)
-                    if value is None:
-                        _unclaimed_access("pio", port)
-                        value = b"\xff" * size
-                    data[i : i + size] = value
+                    data[i : i + size] = pio_read(port, size)
         elif t is MmioExit:
             if ex.is_write:
-                if not mmio_write(ex.address, bytes(ex.data[: ex.length])):
-                    _unclaimed_access("mmio", ex.address)
+                mmio_write(ex.address, bytes(ex.data[: ex.length]))
             else:
-                value = mmio_read(ex.address, ex.length)
-                if value is None:
-                    _unclaimed_access("mmio", ex.address)
-                    value = b"\xff" * ex.length
-                ex.data[: ex.length] = value
+                ex.data[: ex.length] = mmio_read(ex.address, ex.length)
         elif t is IntrExit:
             machine.park_if_paused(vcpu)
         else:

@@ -28,6 +28,7 @@ from kvmlite.guestimage import (
 )
 from kvmlite.guestimage.hostquirks import pvm_host_detected
 from kvmlite.testing.expect import Expect
+from kvmlite.vmm.hostquirks import host_tsc_khz
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +46,10 @@ def checking_guest() -> DefaultGuest:
 
 
 def _host_tsc_khz() -> int:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            return int(float(line.split(":")[1]) * 1000)
-    pytest.fail("no 'cpu MHz' in /proc/cpuinfo")
+    khz = host_tsc_khz()
+    if khz is None:
+        pytest.fail("no 'cpu MHz' in /proc/cpuinfo")
+    return khz
 
 
 def tcg_cmdline(cmdline: str, machine: str) -> str:
