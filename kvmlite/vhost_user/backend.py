@@ -19,9 +19,13 @@ rings"); on the first start the device is activated with all its queues, a
 ``CallInterrupt`` per queue (writes the call eventfd) and ``process_queue(i)``
 runs on every kick.  GET_VRING_BASE stops the ring (in-flight requests are
 drained first, so the index it returns is final); when every ring is stopped
-the device is reset, ready for the next start.  Rings are processed once
-started whether or not SET_VRING_ENABLE enabled them: the enable state only
-matters for net devices, and QEMU versions differ in whether they send it.
+the device is reset, ready for the next start.
+
+A ring is processed only while started *and* enabled ("Ring states"): with
+VHOST_USER_F_PROTOCOL_FEATURES negotiated it starts disabled until
+SET_VRING_ENABLE 1, without it enabled.  The state reaches the device as the
+queue's ``ready`` flag, which ``VirtioDevice.process_queue`` and virtio-net's
+receive path already honour, so the devices need nothing vhost-specific.
 
 Front-end input is host input but still not trusted: a malformed message is a
 ``ProtocolError`` and closes the connection; a request we cannot carry out
@@ -293,6 +297,11 @@ class VhostUserBackend(VringHandlers):
             self.device.ack_features(body)
             for v in s.vrings:  # a running device may see EVENT_IDX change (logging)
                 v.queue.set_event_idx(self.device.has_feature(VIRTIO_F_EVENT_IDX))
+        if not body & (1 << p.VHOST_USER_F_PROTOCOL_FEATURES):
+            # "Ring states": without protocol features there is no SET_VRING_ENABLE,
+            # so rings are enabled from the start.
+            for i, v in enumerate(s.vrings):
+                self._set_enabled(s, i, v, True)
         return None
 
     def _get_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:

@@ -57,6 +57,8 @@ class Vring:
     kick_fd: int | None = None
     err_fd: int | None = None
     started: bool = False
+    #: "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled
+    #: from the start; with it, disabled until SET_VRING_ENABLE (see _set_features).
     enabled: bool = False
     addr: p.VringAddr | None = None
 
@@ -132,8 +134,29 @@ class VringHandlers:
 
     def _set_vring_enable(self, s: Any, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringState)
-        self._vring(s, body.index, Request.SET_VRING_ENABLE).enabled = bool(body.num)
+        v = self._vring(s, body.index, Request.SET_VRING_ENABLE)
+        if body.num not in (0, 1):
+            raise BackendError(f"queue {body.index}: SET_VRING_ENABLE {body.num} is not 0 or 1")
+        self._set_enabled(s, body.index, v, bool(body.num))
         return None
+
+    def _set_enabled(self, s: Any, index: int, v: Vring, on: bool) -> None:
+        """Enable or disable a ring ("Ring states"): a disabled ring is not processed.
+
+        The device sees the state as its ``VirtQueue.ready``: ``process_queue``
+        skips a queue that is not ready and virtio-net's receive path does
+        not write into it, so frames wait in the device (back-pressure)
+        until the ring is enabled again.
+        """
+        was = v.enabled
+        v.enabled = on
+        if not v.started:
+            return
+        with self.device.lock:
+            v.queue.set_ready(on)
+        if on and not was:
+            # Chains made available while disabled, and (net) frames that waited.
+            self.device.process_queue(index)
 
     def _set_vring_kick(self, s: Any, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringFd)
@@ -170,6 +193,7 @@ class VringHandlers:
             if not q.is_valid(mem):
                 q.set_ready(False)
                 raise BackendError(f"queue {index}: rings are not inside the memory table")
+            q.set_ready(v.enabled)
             # The used index continues where the ring left it (a restart, a reconnect).
             q.set_next_used(mem.read_int(q.used_ring + 2, 2))
             if not s.active:
@@ -181,7 +205,8 @@ class VringHandlers:
         assert v.kick_fd is not None
         self._sel.register(v.kick_fd, selectors.EVENT_READ, lambda: self._on_kick(index))
         v.started = True
-        self.device.process_queue(index)  # chains made available before the kick fd came
+        if v.enabled:
+            self.device.process_queue(index)  # chains made available before the kick fd came
 
     def _stop_ring(self, v: Vring) -> None:
         if v.kick_fd is not None:

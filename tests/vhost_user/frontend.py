@@ -37,6 +37,8 @@ class Frontend:
         self.fds: list[int] = []
         self.kick: dict[int, int] = {}
         self.call: dict[int, int] = {}
+        #: Whether REPLY_ACK was negotiated (``ack`` falls back to a round trip).
+        self.reply_ack = True
 
     # -- messages -------------------------------------------------------------------
 
@@ -58,7 +60,15 @@ class Frontend:
         return int.from_bytes(self.recv_reply(request), "little")
 
     def ack(self, request: int, payload: bytes = b"", fds: list[int] = ()) -> int:
-        """Send with NEED_REPLY; the REPLY_ACK status (0 = success)."""
+        """Send with NEED_REPLY; the REPLY_ACK status (0 = success).
+
+        Without REPLY_ACK negotiated: send, then a GET_FEATURES round trip so
+        the back-end has handled the message when this returns (0).
+        """
+        if not self.reply_ack:
+            self.send(request, payload, fds)
+            self.call_u64(Request.GET_FEATURES)
+            return 0
         self.send(request, payload, fds, need_reply=True)
         return int.from_bytes(self.recv_reply(request), "little")
 
@@ -83,13 +93,22 @@ class Frontend:
 
     # -- set-up sequences ---------------------------------------------------------------
 
-    def negotiate(self, protocol_features: int | None = None) -> int:
-        """GET/SET_FEATURES and protocol features, SET_OWNER; returns the device features."""
+    def negotiate(self, protocol_features: int | None = None, *, vhost_user_pf: bool = True) -> int:
+        """GET/SET_FEATURES and protocol features, SET_OWNER; returns the device features.
+
+        ``vhost_user_pf=False``: VHOST_USER_F_PROTOCOL_FEATURES is not acked
+        (no REPLY_ACK then, and rings start enabled).
+        """
         features = self.call_u64(Request.GET_FEATURES)
         assert features & (1 << p.VHOST_USER_F_PROTOCOL_FEATURES)
-        offered = self.call_u64(Request.GET_PROTOCOL_FEATURES)
-        want = offered if protocol_features is None else protocol_features
-        self.send(Request.SET_PROTOCOL_FEATURES, p.u64(want))
+        if vhost_user_pf:
+            offered = self.call_u64(Request.GET_PROTOCOL_FEATURES)
+            want = offered if protocol_features is None else protocol_features
+            self.send(Request.SET_PROTOCOL_FEATURES, p.u64(want))
+            self.reply_ack = bool(want & offered & (1 << p.ProtocolFeature.REPLY_ACK))
+        else:
+            self.reply_ack = False
+            features &= ~(1 << p.VHOST_USER_F_PROTOCOL_FEATURES)
         self.send(Request.SET_OWNER)
         self.send(Request.SET_FEATURES, p.u64(features))
         return features
@@ -102,8 +121,10 @@ class Frontend:
     def user_addr(self, gpa: int) -> int:
         return USER_BASE + gpa - self.gpa
 
-    def setup_ring(self, index: int, drv: MockDriver, *, start: bool = True) -> int:
-        """NUM, BASE, ADDR, CALL, KICK for one queue; returns the last ack status."""
+    def setup_ring(
+        self, index: int, drv: MockDriver, *, start: bool = True, enable: bool = True
+    ) -> int:
+        """NUM, BASE, ADDR, CALL, KICK (and ENABLE) for one queue; the last ack status."""
         assert self.ack(Request.SET_VRING_NUM, p.vring_state(index, drv.size)) == 0
         assert self.ack(Request.SET_VRING_BASE, p.vring_state(index, 0)) == 0
         status = self.ack(
@@ -124,7 +145,7 @@ class Frontend:
         drv.notify = lambda: os.eventfd_write(kick, 1)
         assert self.ack(Request.SET_VRING_CALL, p.u64(index), [call]) == 0
         status = self.ack(Request.SET_VRING_KICK, p.u64(index), [kick])
-        if status == 0:
+        if status == 0 and enable:
             assert self.ack(Request.SET_VRING_ENABLE, p.vring_state(index, 1)) == 0
         return status
 
