@@ -86,13 +86,16 @@ class NetNs:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
 
-@pytest.fixture
-def netns() -> Iterator[NetNs]:
+def netns_scope() -> Iterator[NetNs]:
+    """A NetNs for one test (use: ``_ns = pytest.fixture(netns_scope, name="netns")``)."""
     if os.geteuid() != 0:
         pytest.skip("creating network namespaces and taps needs root (CAP_NET_ADMIN)")
     ns = NetNs()
     yield ns
     ns.close()
+
+
+_ns = pytest.fixture(netns_scope, name="netns")
 
 
 # -- frames ------------------------------------------------------------------------------------
