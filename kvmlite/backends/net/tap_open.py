@@ -111,9 +111,14 @@ def _explain_failure(e: OSError, name: str, multi_queue: bool) -> ConfigError:
         )
     info = driver_info(name) if name else None
     if info is not None and info != ("tun", "tap"):
-        what = "a tun (layer 3) device" if info == ("tun", "tun") else f"a {info[0]} device"
+        if info == ("tun", "tun"):
+            what = "is a tun (layer 3) device"
+        elif info[0] == "unknown":
+            what = f"is something else (`ip -d link show {name}` says what)"
+        else:
+            what = f"is a {info[0]} device"
         return ConfigError(
-            f"tap: interface {name} exists and is {what}, not a tap; choose another ifname"
+            f"tap: interface {name} exists and {what}, not a tap; choose another ifname"
         )
     if e.errno == errno.EBUSY:
         return ConfigError(
