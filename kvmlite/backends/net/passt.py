@@ -145,18 +145,18 @@ def read_log_tail(logfile: IO[bytes], lines: int = 5) -> list[str]:
 
 def _hint(messages: list[str]) -> str:
     text = "\n".join(messages)
-    if "External interface not usable" in text or "No external routable interface" in text:
-        return (
-            "passt copies the guest's address and gateway from the host interface with the"
-            " default route, and this host has none; add a default route, or name an"
-            " interface that has an address and a gateway for passt: passt arguments"
-            " -i IFACE -g GATEWAY (and -a ADDRESS -n PREFIX for another guest address)"
-        )
     if "Failed to bind" in text:
         return (
             "a forwarded host port is already in use, or is below 1024 and passt (which runs"
             " as user nobody when started as root) may not bind it"
             " (sysctl net.ipv4.ip_unprivileged_port_start)"
+        )
+    if "External interface not usable" in text:
+        return (
+            "passt copies the guest's address and gateway from the host interface with the"
+            " default route, and this host has none; add a default route, or name an"
+            " interface that has an address and a gateway for passt: passt arguments"
+            " -i IFACE -g GATEWAY (and -a ADDRESS -n PREFIX for another guest address)"
         )
     return "see passt(1)"
 

@@ -1,0 +1,463 @@
+"""PasstBackend against the real passt, without a guest: hand-built frames in, passt's answers out.
+
+Every test runs passt inside a network namespace it creates (``ip netns
+add``) with a veth pair carrying 10.9.0.2/24 and a default route via
+10.9.0.1, so passt finds its template interface there and nothing touches
+the host's own network. The test process plays the guest: it sends
+Ethernet frames built with struct (ARP, IPv4/UDP/BOOTP, TCP) over the
+backend and checks the frames passt sends back, as a guest's driver would
+see them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from kvmlite.backends.net.hostfwd import parse_hostfwd
+from kvmlite.backends.net.passt import PasstBackend
+from kvmlite.errors import ConfigError
+
+GUEST_MAC = bytes.fromhex("525400123456")
+BROADCAST = b"\xff" * 6
+GUEST_IP = "10.9.0.2"  # what passt copies from the namespace's veth
+GATEWAY = "10.9.0.1"
+DNS = "10.9.0.53"  # given with -D so the test does not depend on /etc/resolv.conf
+ETH_IP, ETH_ARP = 0x0800, 0x0806
+PROTO_TCP, PROTO_UDP = 6, 17
+SYN, ACK, PSH, RST = 0x02, 0x10, 0x08, 0x04
+
+_names = itertools.count()
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+
+def ip4(a: str) -> bytes:
+    return socket.inet_aton(a)
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f">{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def eth(dst: bytes, etype: int, payload: bytes, src: bytes = GUEST_MAC) -> bytes:
+    return dst + src + struct.pack(">H", etype) + payload
+
+
+def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    hdr = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
+                      ip4(src), ip4(dst))  # fmt: skip
+    return hdr[:10] + struct.pack(">H", checksum(hdr)) + hdr[12:] + payload
+
+
+def udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload  # no checksum (v4)
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
+    hdr = struct.pack(">HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    pseudo = ip4(src) + ip4(dst) + struct.pack(">BBH", 0, PROTO_TCP, len(hdr))
+    return hdr[:16] + struct.pack(">H", checksum(pseudo + hdr)) + hdr[18:]
+
+
+def to_gateway(mac: bytes, segment: bytes) -> bytes:
+    return eth(mac, ETH_IP, ipv4(GUEST_IP, GATEWAY, PROTO_TCP, segment))
+
+
+def arp_request(target: str) -> bytes:
+    body = struct.pack(">HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, GUEST_MAC, ip4(GUEST_IP),
+                       bytes(6), ip4(target))  # fmt: skip
+    return eth(BROADCAST, ETH_ARP, body)
+
+
+def dhcp_discover(xid: int) -> bytes:
+    bootp = struct.pack(">BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4),
+                        bytes(4), bytes(4), bytes(4), GUEST_MAC, b"", b"")  # fmt: skip
+    options = bytes([53, 1, 1, 55, 3, 1, 3, 6, 255])
+    msg = (bootp + b"\x63\x82\x53\x63" + options).ljust(300, b"\0")
+    return eth(BROADCAST, ETH_IP, ipv4("0.0.0.0", "255.255.255.255", PROTO_UDP, udp(68, 67, msg)))
+
+
+@dataclass
+class Ip:
+    src: str
+    dst: str
+    proto: int
+    payload: bytes
+
+
+def parse_ipv4(frame: bytes) -> Ip | None:
+    if len(frame) < 34 or struct.unpack_from(">H", frame, 12)[0] != ETH_IP:
+        return None
+    ihl = (frame[14] & 15) * 4
+    total = struct.unpack_from(">H", frame, 16)[0]
+    return Ip(
+        socket.inet_ntoa(frame[26:30]),
+        socket.inet_ntoa(frame[30:34]),
+        frame[23],
+        frame[14 + ihl : 14 + total],
+    )
+
+
+def dhcp_options(bootp: bytes) -> dict[int, bytes]:
+    assert bootp[236:240] == b"\x63\x82\x53\x63", "no DHCP magic cookie"
+    opts: dict[int, bytes] = {}
+    pos = 240
+    while pos < len(bootp) and bootp[pos] != 255:
+        if bootp[pos] == 0:
+            pos += 1
+            continue
+        code, n = bootp[pos], bootp[pos + 1]
+        opts[code] = bootp[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+    return opts
+
+
+@dataclass
+class Tcp:
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    data: bytes
+
+
+def parse_tcp(payload: bytes) -> Tcp:
+    sport, dport, seq, ack, off, flags = struct.unpack_from(">HHIIBB", payload)
+    return Tcp(sport, dport, seq, ack, flags, payload[(off >> 4) * 4 :])
+
+
+# -- the rig ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A namespace like a host on 10.9.0.0/24 with a default route; deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to create a network namespace")
+    name = f"kvlpasst{os.getpid()}n{next(_names)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (
+            "link set lo up",
+            "link add v0 type veth peer name v1",
+            f"addr add {GUEST_IP}/24 dev v0",
+            "link set v0 up",
+            "link set v1 up",
+            f"route add default via {GATEWAY}",
+        ):
+            subprocess.run(["ip", "-n", name, *cmd.split()], check=True)
+        yield name
+    finally:
+        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                  text=True).stdout.split():  # fmt: skip
+            os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def in_ns(ns: str) -> tuple[str, ...]:
+    return ("ip", "netns", "exec", ns)
+
+
+@pytest.fixture
+def start(netns: str) -> Iterator[Callable[..., PasstBackend]]:
+    started: list[PasstBackend] = []
+
+    def _start(*rules: str, extra: tuple[str, ...] = ()) -> PasstBackend:
+        b = PasstBackend.start(
+            [parse_hostfwd(r) for r in rules],
+            extra_args=("-D", DNS, *extra),
+            command_prefix=in_ns(netns),
+            name="net-test",
+        )
+        started.append(b)
+        return b
+
+    yield _start
+    for b in started:
+        b.close()
+
+
+def wait_frame(b: PasstBackend, want: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
+    """Run the VMM's loop for ``b`` until a frame ``want`` accepts arrives; others are skipped."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([b.fileno()], [], [], left)[0]:
+            break
+        b.service()
+        for f in b.recv_frames():
+            seen += 1
+            if want(f):
+                return f
+    raise AssertionError(f"no such frame from passt within {timeout} s ({seen} others)")
+
+
+def run_in_ns(ns: str, code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*in_ns(ns), sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def passt_mac(b: PasstBackend) -> bytes:
+    """passt's own MAC, learned the way a guest learns it: ARP for the gateway."""
+    b.send(arp_request(GATEWAY))
+    reply = wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
+    return reply[22:28]
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+def test_dhcp_offer_carries_address_router_dns(start: Callable[..., PasstBackend]) -> None:
+    b = start()
+    b.send(dhcp_discover(0x1234ABCD))
+
+    def is_offer(f: bytes) -> bool:
+        p = parse_ipv4(f)
+        return p is not None and p.proto == PROTO_UDP and p.payload[:4] == b"\x00\x43\x00\x44"
+
+    offer = wait_frame(b, is_offer)
+    bootp = parse_ipv4(offer).payload[8:]  # type: ignore[union-attr]
+    assert bootp[0] == 2  # BOOTREPLY
+    assert struct.unpack_from(">I", bootp, 4)[0] == 0x1234ABCD
+    assert bootp[28:34] == GUEST_MAC
+    assert socket.inet_ntoa(bootp[16:20]) == GUEST_IP  # yiaddr
+    opts = dhcp_options(bootp)
+    assert opts[53] == b"\x02"  # DHCPOFFER
+    assert opts[1] == ip4("255.255.255.0")
+    assert opts[3] == ip4(GATEWAY)
+    assert opts[6] == ip4(DNS)
+    assert offer[0:6] in (GUEST_MAC, BROADCAST)
+
+
+def test_arp_for_the_gateway_is_answered(start: Callable[..., PasstBackend]) -> None:
+    b = start()
+    b.send(arp_request(GATEWAY))
+    reply = wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
+    htype, ptype, hlen, plen, op = struct.unpack_from(">HHBBH", reply, 14)
+    assert (htype, ptype, hlen, plen, op) == (1, ETH_IP, 6, 4, 2)
+    sha, spa, tha, tpa = reply[22:28], reply[28:32], reply[32:38], reply[38:42]
+    assert spa == ip4(GATEWAY) and tha == GUEST_MAC and tpa == ip4(GUEST_IP)
+    assert reply[0:6] == GUEST_MAC and reply[6:12] == sha
+    assert sha[0] & 1 == 0  # a unicast address the guest can send to
+
+
+def test_hostfwd_connect_reaches_the_guest_port_as_a_syn(
+    start: Callable[..., PasstBackend], netns: str
+) -> None:
+    b = start("tcp::2222-:22")
+    b.send(arp_request(GATEWAY))  # passt learns the guest's MAC from what it sends
+    wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
+    client = run_in_ns(
+        netns,
+        """
+        import socket, time
+        s = socket.create_connection(("127.0.0.1", 2222), timeout=5)
+        print("connected", flush=True)
+        time.sleep(10)
+        """,
+    )
+    try:
+
+        def is_syn(f: bytes) -> bool:
+            p = parse_ipv4(f)
+            return p is not None and p.proto == PROTO_TCP and parse_tcp(p.payload).flags & SYN > 0
+
+        syn = wait_frame(b, is_syn)
+        p = parse_ipv4(syn)
+        assert p is not None
+        seg = parse_tcp(p.payload)
+        assert seg.dport == 22 and seg.flags & (SYN | ACK) == SYN
+        assert syn[0:6] == GUEST_MAC
+        assert p.dst == GUEST_IP
+        assert p.src == GATEWAY  # a loopback source is shown to the guest as the gateway
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_guest_tcp_to_the_gateway_reaches_a_host_loopback_server(
+    start: Callable[..., PasstBackend], netns: str
+) -> None:
+    server = run_in_ns(
+        netns,
+        """
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 8080))
+        s.listen()
+        print("listening", flush=True)
+        c, _ = s.accept()
+        c.sendall(b"hello from the host")
+        c.recv(1)
+        """,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        b = start()
+        mac = passt_mac(b)
+        isn = 1000
+
+        def from_server(flags: int) -> Callable[[bytes], bool]:
+            def want(f: bytes) -> bool:
+                p = parse_ipv4(f)
+                if p is None or p.proto != PROTO_TCP:
+                    return False
+                seg = parse_tcp(p.payload)
+                return seg.sport == 8080 and seg.dport == 40000 and seg.flags & flags == flags
+
+            return want
+
+        b.send(to_gateway(mac, tcp(GUEST_IP, GATEWAY, 40000, 8080, isn, 0, SYN)))
+        synack = wait_frame(b, from_server(SYN | ACK))
+        p = parse_ipv4(synack)
+        assert p is not None and p.src == GATEWAY and p.dst == GUEST_IP
+        seg = parse_tcp(p.payload)
+        assert seg.ack == isn + 1
+        b.send(to_gateway(mac, tcp(GUEST_IP, GATEWAY, 40000, 8080, isn + 1, seg.seq + 1, ACK)))
+
+        def with_data(f: bytes) -> bool:
+            p = parse_ipv4(f)
+            return from_server(0)(f) and p is not None and bool(parse_tcp(p.payload).data)
+
+        data = wait_frame(b, with_data)
+        p = parse_ipv4(data)
+        assert p is not None and parse_tcp(p.payload).data == b"hello from the host"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_passt_killed_under_the_backend(
+    start: Callable[..., PasstBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = start()
+    os.kill(b.pid, signal.SIGKILL)
+    caplog.set_level(logging.INFO, logger="kvmlite.backends.net")
+    assert select.select([b.fileno()], [], [], 5)[0], "the backend did not notice"
+    b.service()
+    assert b.recv_frames() == []
+    assert b.closed
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    msg = errors[0].getMessage()
+    assert errors[0].levelno == logging.ERROR
+    assert "passt stopped (killed by SIGKILL" in msg and "last message" in msg
+    assert b.proc.returncode == -signal.SIGKILL  # reaped, no zombie left
+    b.send(arp_request(GATEWAY))  # a guest that keeps sending is no error
+    assert b.tx_dropped == 1
+    b.close()
+    b.close()
+
+
+def test_close_stops_passt_and_is_idempotent(start: Callable[..., PasstBackend]) -> None:
+    b = start("tcp::2222-:22")
+    pid = b.pid
+    b.close()
+    assert b.proc.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    b.close()
+    assert b.closed
+
+
+def test_passt_exits_when_kvmlite_dies(netns: str) -> None:
+    # A kvmlite that starts passt and is then SIGKILLed: passt must not outlive it.
+    vmm = run_in_ns(
+        netns,
+        f"""
+        import time
+        from kvmlite.backends.net.passt import PasstBackend
+        b = PasstBackend.start(extra_args=("-D", "{DNS}"))
+        print(b.pid, flush=True)
+        time.sleep(60)
+        """,
+    )
+    try:
+        assert vmm.stdout is not None
+        pid = int(vmm.stdout.readline())
+        os.kill(vmm.pid, signal.SIGKILL)
+        vmm.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        assert not _alive(pid), "passt outlived the kvmlite that started it"
+    finally:
+        vmm.kill()
+        vmm.wait()
+
+
+def _alive(pid: int) -> bool:
+    # passt was reparented; a zombie nobody reaps yet is dead for this purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_hostfwd_port_in_use_is_a_clear_error(netns: str) -> None:
+    holder = run_in_ns(
+        netns,
+        """
+        import socket, time
+        s = socket.socket()
+        s.bind(("0.0.0.0", 2222))
+        s.listen()
+        print("bound", flush=True)
+        time.sleep(30)
+        """,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+        with pytest.raises(ConfigError) as e:
+            PasstBackend.start([parse_hostfwd("tcp::2222-:22")], command_prefix=in_ns(netns))
+        assert "passt failed to start (exit status 1)" in str(e.value)
+        assert "Failed to bind any port for '-t 2222:22'" in str(e.value)
+        assert "already in use" in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_no_default_route_is_a_clear_error_and_i_g_fix_it(netns: str) -> None:
+    subprocess.run(["ip", "-n", netns, "route", "del", "default"], check=True)
+    with pytest.raises(ConfigError) as e:
+        PasstBackend.start(command_prefix=in_ns(netns))
+    assert "External interface not usable" in str(e.value)
+    assert "-i IFACE -g GATEWAY" in str(e.value)
+    b = PasstBackend.start(command_prefix=in_ns(netns), extra_args=("-i", "v0", "-g", GATEWAY))
+    try:
+        b.send(arp_request(GATEWAY))
+        wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
+    finally:
+        b.close()
+
+
+def test_passt_runs_as_nobody_when_started_as_root(start: Callable[..., PasstBackend]) -> None:
+    b = start("tcp::2222-:22")
+    with open(f"/proc/{b.pid}/status") as f:
+        uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+    assert os.geteuid() == 0  # the netns fixture skipped otherwise
+    assert set(uids) == {str(65534)}  # nobody; the forwarded port was bound before that
