@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kvmlite.backends.net.spec import NetSpec
 from kvmlite.errors import ConfigError, KvmliteError
 from kvmlite.vmm.config import DiskConfig, VmConfig, parse_size
 
@@ -54,6 +55,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="PATH[,ro][,...]",
         help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2][,queues=N]",
+    )
+    p.add_argument(
+        "-n",
+        "--net",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="virtio-net NIC: user[,hostfwd=tcp::2222-:22] (passt, no root), "
+        "tap[,ifname=NAME][,queues=N][,script=PATH], socket,listen=PATH|connect=PATH; "
+        "each NIC may add mac=52:54:00:12:34:56 (see docs/networking.md)",
     )
     p.add_argument(
         "--rng",
@@ -111,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         acpi=not args.no_acpi,
         host_quirks=args.host_quirks,
         disks=[DiskConfig.parse(d) for d in args.disk],
+        nets=[NetSpec.parse(n) for n in args.net],
         kvm_path=args.kvm_device,
         rng=None if args.rng is None else int(parse_size(args.rng, default_unit="B")),
         virtio_console=args.virtio_console,

@@ -27,6 +27,7 @@ from kvmlite.vmm.gsi import GsiRouter
 from kvmlite.vmm.irq import KvmIrqLine
 from kvmlite.vmm.locking import LockedDevice
 from kvmlite.vmm.machine import ExitReason, Machine
+from kvmlite.vmm.network import add_networks
 from kvmlite.vmm.virtio import MMIO_BASE, VirtioWiring
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ def _run_closers(machine: Machine) -> None:
 
 
 def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring) -> None:
-    """Disks, entropy and console, on the transport the user chose."""
-    if not (config.disks or config.rng is not None or config.virtio_console or config.virtio_ports):
+    """Disks, NICs, entropy and console, on the transport the user chose."""
+    wanted = config.disks or config.nets or config.rng is not None
+    if not (wanted or config.virtio_console or config.virtio_ports):
         return
     from kvmlite.backends.block import open_image
     from kvmlite.backends.char import parse_console_spec
@@ -175,6 +177,7 @@ def _add_virtio_devices(machine: Machine, config: VmConfig, wiring: VirtioWiring
             backend, serial=disk.serial or "", num_queues=disk.queues, executor=executor
         )
         machine.devices[f"disk{n}"] = add(blk)
+    add_networks(machine, config, wiring, add)
     if config.rng is not None:
 
         def timer(delay: float, callback: Callable[[], None]) -> None:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmlite.backends.net.spec import NetSpec
 from kvmlite.errors import ConfigError
 
 MIB = 1 << 20
@@ -87,6 +88,8 @@ class VmConfig:
     acpi: bool = True
     host_quirks: str = "auto"  # auto | on | off: see kvmlite/vmm/hostquirks.py
     disks: list[DiskConfig] = field(default_factory=list)
+    #: virtio-net NICs (``-n``), in PCI slot order; kind "none" adds nothing.
+    nets: list[NetSpec] = field(default_factory=list)
     #: virtio-rng: None = no device, 0 = unlimited, N = at most N bytes/s.
     rng: int | None = None
     #: virtio-console: hvc0's backend spec, and extra named ports (name, spec).
@@ -133,6 +136,12 @@ class VmConfig:
                 f"initrd {self.initrd} ({self.initrd.stat().st_size >> 20} MiB) does not fit "
                 f"in {self.memory >> 20} MiB of guest memory: give the guest more with -m"
             )
+        from kvmlite.vmm.network import default_mac  # noqa: PLC0415 - vmm imports config
+
+        nics = [s for s in self.nets if s.kind != "none"]
+        macs = [s.mac or default_mac(n) for n, s in enumerate(nics)]
+        if len(set(macs)) != len(macs):
+            raise ConfigError(f"two NICs would have the same MAC address: {', '.join(macs)}")
         for d in self.disks:
             if not d.path.exists():
                 raise ConfigError(f"disk {d.path} does not exist (create one with kvmlite img)")

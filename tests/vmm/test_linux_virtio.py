@@ -3,7 +3,8 @@
 The minimal kernel boots with tests/guests/linux/virtio_check.c as /init,
 once over virtio-pci (MSI-X) and once over virtio-mmio. Judges: the host
 file for the disk (what the guest read and what it wrote), the guest's
-/proc/interrupts for MSI-X, and the host end of hvc0's unix socket.
+/proc/interrupts for MSI-X, the host end of hvc0's unix socket, and the
+peer of the NIC's socket backend (the frame the guest sent, the one it got).
 """
 
 from __future__ import annotations
@@ -80,6 +81,35 @@ class Hvc0Peer(threading.Thread):
         s.close()
 
 
+class NetPeer(threading.Thread):
+    """The other end of the NIC's ``socket,connect=PATH`` backend: answers the
+    guest's "kvmlite-net-ping" broadcast with a full-size "pong" frame."""
+
+    TOKEN = b"t0k3n"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.server.settimeout(BOOT_TIMEOUT)
+        self.pings: list[bytes] = []  # the source MACs of the pings
+
+    def run(self) -> None:
+        with self.server, self.server.accept()[0] as conn:
+            buf = b""
+            while data := conn.recv(65536):
+                buf += data
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    n = int.from_bytes(buf[:4], "big")
+                    frame, buf = buf[4 : 4 + n], buf[4 + n :]
+                    if frame[12:14] == b"\x88\xb5" and frame[14:30] == b"kvmlite-net-ping":
+                        self.pings.append(frame[6:12])
+                        pong = frame[6:12] + bytes.fromhex("525400abcdef") + b"\x88\xb5"
+                        pong += (b"kvmlite-net-pong:" + self.TOKEN).ljust(1500, b" ")
+                        conn.sendall(len(pong).to_bytes(4, "big") + pong)
+
+
 @pytest.mark.parametrize("transport", ["pci", "pci-intx", "mmio"])
 def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     """pci: MSI-X; pci-intx: the same devices with ``pci=nomsi``, so the
@@ -97,10 +127,13 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     port_sock = tmp_path / "port.sock"
     port_peer = Hvc0Peer(port_sock, until=b"hello-from-vport")
     port_peer.start()
+    net_peer = NetPeer(tmp_path / "net.sock")
+    net_peer.start()
     argv = [sys.executable, "-m", "kvmlite.cli", "run", "--console", "stdio",
             "-k", str(vmlinux), "-i", str(initrd), "-m", "64",
             "-d", f"{disk},serial=kvmlite0", "--rng", "--virtio-console", f"unix:{sock}",
             "--virtio-port", f"org.kvmlite.test=unix:{port_sock}",
+            "-n", f"socket,connect={tmp_path / 'net.sock'},mac=52:54:00:00:00:07",
             "--virtio-transport", transport.split("-")[0]]  # fmt: skip
     if transport == "pci-intx":
         argv += ["-a", "pci=nomsi"]
@@ -113,6 +146,7 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
         console.close()
     peer.join(10)
     port_peer.join(10)
+    net_peer.join(10)
 
     assert status == 0
     assert facts["vda_sectors"] == [str((8 << 20) // 512)]
@@ -126,6 +160,11 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     assert b"hello-from-hvc0" in peer.received
     assert facts["vport"] == ["ok"]  # a named port: /dev/vport<N>p1 in the guest
     assert b"hello-from-vport" in port_peer.received
+    # virtio-net: Linux's driver sent a frame through the socket backend and
+    # received a 1514-byte one (header stripped / prepended by the device).
+    assert facts["net_mac"] == ["52:54:00:00:00:07"]
+    assert net_peer.pings == [bytes.fromhex("525400000007")]
+    assert facts["net_rx"] == [f"{NetPeer.TOKEN.decode()}/1514"]
     assert int(facts["virtio_irqs"][0]) >= 3
     if transport == "pci":
         assert int(facts["msix"][0]) >= 3  # MSI-X vectors for blk, rng and console queues

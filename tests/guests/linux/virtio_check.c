@@ -11,21 +11,29 @@
  *   hwrng=<hex of 32 bytes from /dev/hwrng>
  *   hvc0_in=<a line the host sent to hvc0>
  *   vport=<ok, or why not>  "hello-from-vport" written to /dev/vport<N>p1
+ *   net_mac=<eth0's MAC>     eth0 brought up, a broadcast frame of ethertype
+ *                            0x88b5 "kvmlite-net-ping" sent on it
+ *   net_rx=<token>/<length>  from the host's reply "kvmlite-net-pong:<token>"
  *   KVMLITE-CHECK-DONE
  *
  * and writes "hello-from-hvc0" to /dev/hvc0 before reading. The pattern is
  * byte i of the region = (i * 7 + 13) & 0xff, so the host can check it.
  * Build: gcc -static -O2 -o virtio_check virtio_check.c
  */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
@@ -159,6 +167,65 @@ static void vport(void)
 	close(fd);
 }
 
+/* IEEE 802 "local experimental" ethertype: nothing else in the guest uses it. */
+#define ETH_P_KVMLITE 0x88b5
+
+static void net(void)
+{
+	int s = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_KVMLITE));
+	struct ifreq ifr;
+	unsigned char frame[1600];
+	char text[64];
+
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "eth0");
+	if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+		emit("net_mac", "absent");
+		return;
+	}
+	ifr.ifr_flags |= IFF_UP;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0 || ioctl(s, SIOCGIFHWADDR, &ifr) < 0) {
+		emit("net_mac", "up-failed");
+		return;
+	}
+	unsigned char *mac = (unsigned char *)ifr.ifr_hwaddr.sa_data;
+	snprintf(text, sizeof(text), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2],
+		 mac[3], mac[4], mac[5]);
+	emit("net_mac", text);
+	memset(frame, 0, 60);
+	memset(frame, 0xff, 6);
+	memcpy(frame + 6, mac, 6);
+	frame[12] = ETH_P_KVMLITE >> 8;
+	frame[13] = ETH_P_KVMLITE & 0xff;
+	memcpy(frame + 14, "kvmlite-net-ping", 16);
+	if (ioctl(s, SIOCGIFINDEX, &ifr) < 0) {
+		emit("net_rx", "no-ifindex");
+		return;
+	}
+	struct sockaddr_ll sll = {.sll_family = AF_PACKET,
+				  .sll_protocol = htons(ETH_P_KVMLITE),
+				  .sll_ifindex = ifr.ifr_ifindex};
+	if (bind(s, (struct sockaddr *)&sll, sizeof(sll)) < 0 || send(s, frame, 60, 0) != 60) {
+		emit("net_rx", "send-failed");
+		return;
+	}
+	struct pollfd p = {s, POLLIN, 0};
+	while (poll(&p, 1, 120000) == 1) {
+		ssize_t n = recv(s, frame, sizeof(frame), 0);
+		if (n > 31 && !memcmp(frame + 14, "kvmlite-net-pong:", 17)) {
+			char token[17] = "";
+			memcpy(token, frame + 31, n - 31 < 16 ? n - 31 : 16);
+			token[strcspn(token, " ")] = 0;
+			snprintf(text, sizeof(text), "%s/%zd", token, n);
+			emit("net_rx", text);
+			close(s);
+			return;
+		}
+	}
+	emit("net_rx", "timeout");
+	close(s);
+}
+
 int main(void)
 {
 	mkdir("/proc", 0755);
@@ -176,6 +243,7 @@ int main(void)
 	hwrng();
 	hvc0();
 	vport();
+	net();
 	dprintf(1, "KVMLITE-CHECK-DONE\n");
 	tcdrain(1); /* see check_init.c: let the tty drain before power-off */
 	sync();
