@@ -6,11 +6,14 @@ front-end (QEMU docs/interop/vhost-user.rst) through
 
     kvmlite serve blk --socket /tmp/blk.sock [--queue-size N] disk.qcow2[,ro][,serial=S][,queues=N]
     kvmlite serve rng --socket /tmp/rng.sock
+    kvmlite serve net --socket /tmp/net.sock [--queue-size N] user|tap[,...]|socket,listen=P
+    kvmlite serve console --socket /tmp/con.sock [stdio|file:P|unix:P|pty|null]
 
 The process serves front-ends one after another (a front-end that quits or
 dies is replaced by the next one to connect) until SIGINT or SIGTERM.
 Runs as ``kvmlite serve ...`` (``register``/``run``) or
-``python -m kvmlite.serve ...``.  See docs/vhost-user.md.
+``python -m kvmlite.serve ...``.  net and console live in their own
+modules (kvmlite/serve/net.py, console.py).  See docs/vhost-user.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kvmlite.errors import KvmliteError
@@ -43,10 +46,19 @@ def _queue_size(text: str) -> int:
     return n
 
 
-def _serve(device: Any, socket_path: str, watch: list[tuple[int, Callable[[], object]]]) -> int:
+def serve_device(
+    device: Any,
+    socket_path: str,
+    watch: Sequence[tuple[int, Callable[[], object]]] = (),
+    *,
+    wire: Callable[[Any], object] | None = None,
+) -> int:
+    """Serve ``device`` until SIGINT/SIGTERM; ``wire(server)`` adds its backends' fds."""
     from kvmlite.vhost_user.backend import VhostUserBackend  # noqa: PLC0415 - start-up time
 
     backend = VhostUserBackend(device, socket_path, watch=watch)
+    if wire is not None:
+        wire(backend)
     old = {s: signal.signal(s, lambda *_: backend.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"kvmlite serve: {device.name} on {socket_path}", file=sys.stderr, flush=True)
     try:
@@ -75,7 +87,7 @@ def cmd_blk(a: argparse.Namespace) -> int:
             executor=executor,
         )
         assert executor.completion_fd is not None
-        return _serve(dev, a.socket, [(executor.completion_fd, executor.run_completions)])
+        return serve_device(dev, a.socket, [(executor.completion_fd, executor.run_completions)])
     finally:
         executor.close()
         image.close()
@@ -84,7 +96,7 @@ def cmd_blk(a: argparse.Namespace) -> int:
 def cmd_rng(a: argparse.Namespace) -> int:
     from kvmlite.devices.virtio import VirtioRng  # noqa: PLC0415
 
-    return _serve(VirtioRng(), a.socket, [])
+    return serve_device(VirtioRng(), a.socket)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -113,7 +125,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--socket", required=True, help="unix socket path to listen on")
     p.set_defaults(func=cmd_rng)
 
-    for name in ("blk", "rng"):
+    from kvmlite.serve import console, net  # noqa: PLC0415 - cheap: they import lazily
+
+    net.add_parser(sub, _queue_size)
+    console.add_parser(sub)
+
+    for name in ("blk", "rng", "net", "console"):
         sub.choices[name].add_argument(
             "-v", "--verbose", action="count", default=0, help="log more (-vv: debug)"
         )
@@ -130,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvmlite.serve blk|rng ...`` (the arguments of ``kvmlite serve``)."""
+    """``python -m kvmlite.serve DEVICE ...`` (the arguments of ``kvmlite serve``)."""
     parser = argparse.ArgumentParser(prog="kvmlite")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
@@ -141,7 +158,3 @@ def main(argv: list[str] | None = None) -> int:
         format="kvmlite: %(message)s",
     )
     return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,11 +37,13 @@ unmaps the memory, resets the device and listens for the next front-end.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import selectors
 import socket
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +103,9 @@ class VhostUserBackend(VringHandlers):
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
+        self._stop_requested = False
+        self._soon: collections.deque[Callable[[], object]] = collections.deque()
+        self._soon_lock = threading.Lock()
         self.session: _Session | None = None
         #: Connections served so far (tests watch it to see reconnects).
         self.connections = 0
@@ -151,7 +156,40 @@ class VhostUserBackend(VringHandlers):
 
     def stop(self) -> None:
         """Ask ``serve_forever`` to return (thread-safe)."""
+        self._stop_requested = True
         os.eventfd_write(self._wake, 1)
+
+    def wake(self) -> None:
+        """Make the loop go round once (thread-safe): fds it watches changed state."""
+        os.eventfd_write(self._wake, 1)
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the loop's thread (thread-safe)."""
+        with self._soon_lock:
+            self._soon.append(fn)
+        os.eventfd_write(self._wake, 1)
+
+    def add_watch(self, fd: int, callback: Callable[[], object]) -> None:
+        """Watch ``fd`` for readability; call from the loop's thread (or via call_soon).
+
+        Before ``serve_forever`` it joins the ``watch`` list; watching an fd
+        already watched replaces its callback.
+        """
+        if not self._sel.get_map():  # not serving yet: registered by serve_forever
+            self._watch = [(f, cb) for f, cb in self._watch if f != fd] + [(fd, callback)]
+            return
+        try:
+            self._sel.modify(fd, selectors.EVENT_READ, callback)
+        except KeyError:
+            self._sel.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_watch(self, fd: int) -> None:
+        """Stop watching ``fd`` (loop thread); unknown fds are ignored."""
+        self._watch = [(f, cb) for f, cb in self._watch if f != fd]
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def close(self) -> None:
         """Release the socket and the loop's fds (after ``serve_forever`` returned)."""
@@ -164,7 +202,21 @@ class VhostUserBackend(VringHandlers):
             pass
 
     def _on_wake(self) -> None:
-        self._stopping = True
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while True:
+            with self._soon_lock:
+                if not self._soon:
+                    break
+                fn = self._soon.popleft()
+            try:
+                fn()
+            except Exception:  # a bug in a device's callback: keep serving
+                log.exception("%s: error in a deferred call", self.path)
+        if self._stop_requested:
+            self._stopping = True
 
     def _accept(self) -> None:
         try:

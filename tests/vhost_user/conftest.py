@@ -27,8 +27,11 @@ class Served:
 def serve() -> Iterator[Callable[..., Served]]:
     started: list[tuple[Served, Callable[[], None]]] = []
 
-    def start(device, path: str, watch=(), cleanup=lambda: None) -> Served:  # noqa: ANN001
-        s = Served(VhostUserBackend(device, path, watch=watch))
+    def start(device, path: str, watch=(), cleanup=lambda: None, wire=None) -> Served:  # noqa: ANN001
+        backend = VhostUserBackend(device, path, watch=watch)
+        if wire is not None:  # before the loop's thread starts
+            wire(backend)
+        s = Served(backend)
         started.append((s, cleanup))
         return s
 
