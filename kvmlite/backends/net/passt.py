@@ -251,6 +251,7 @@ class PasstBackend(StreamSocketBackend):
             )
         except OSError as e:
             ours.close()
+            os.close(r)
             logfile.close()
             raise ConfigError(
                 f"{name}: cannot run {' '.join(argv[: len(command_prefix) + 1])}: {e.strerror};"
@@ -299,7 +300,14 @@ class PasstBackend(StreamSocketBackend):
         # client whose peer left (closed; the VMM stops watching).
         if self._conn is None:
             return
+        if self._registered:
+            self._epoll.unregister(self._conn.fileno())
+            self._registered = False
         self._conn.close()  # passt exits on EOF if it merely closed its end
+        self._conn = None
+        self._in.clear()
+        self._out.clear()
+        self.closed = True
         code = _wait(self.proc, REAP_TIMEOUT)
         if code is None:  # it closed the socket yet lives on: of no use any more
             _stop(self.proc)
@@ -312,14 +320,6 @@ class PasstBackend(StreamSocketBackend):
             why,
             f"; its last message: {last[-1]}" if last else "",
         )
-        if self._registered:
-            with contextlib.suppress(OSError, ValueError):
-                self._epoll.unregister(self._conn.fileno())
-            self._registered = False
-        self._conn = None
-        self._in.clear()
-        self._out.clear()
-        self.closed = True
 
     def close(self) -> None:
         with self._lock:

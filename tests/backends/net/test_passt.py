@@ -29,7 +29,10 @@ import pytest
 
 from kvmlite.backends.net.hostfwd import parse_hostfwd
 from kvmlite.backends.net.passt import PasstBackend
+from kvmlite.devices.virtio.net import VirtioNet
+from kvmlite.devices.virtio.net_spec import VNET_HDR_LEN
 from kvmlite.errors import ConfigError
+from kvmlite.testing import attach_drivers, bytearray_memory
 
 GUEST_MAC = bytes.fromhex("525400123456")
 BROADCAST = b"\xff" * 6
@@ -389,6 +392,8 @@ def test_passt_exits_when_kvmlite_dies(netns: str) -> None:
         f"""
         import time
         from kvmlite.backends.net.passt import PasstBackend
+from kvmlite.devices.virtio.net import VirtioNet
+from kvmlite.devices.virtio.net_spec import VNET_HDR_LEN
         b = PasstBackend.start(extra_args=("-D", "{DNS}"))
         print(b.pid, flush=True)
         time.sleep(60)
@@ -461,3 +466,42 @@ def test_passt_runs_as_nobody_when_started_as_root(start: Callable[..., PasstBac
         uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
     assert os.geteuid() == 0  # the netns fixture skipped otherwise
     assert set(uids) == {str(65534)}  # nobody; the forwarded port was bound before that
+
+
+def test_a_virtio_net_guest_gets_its_dhcp_offer_and_survives_passt_dying(
+    start: Callable[..., PasstBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The whole path a guest uses: virtio-net TX ring -> passt -> RX ring, run
+    # the way docs/networking.md tells the VMM to run it.
+    b = start()
+    dev = VirtioNet(b, mac=GUEST_MAC, queue_size=64)
+    dev.rx_ready_handler = lambda pair: b.set_reading(True)
+    (rx, tx, _ctrl), _, _ = attach_drivers(dev, bytearray_memory(2 << 20))
+
+    def loop(timeout: float) -> list[bytes]:
+        got: list[bytes] = []
+        while not b.closed and select.select([b.fileno()], [], [], timeout)[0]:
+            b.service()
+            if not dev.handle_rx(0):
+                b.set_reading(False)
+            got += [u.written[VNET_HDR_LEN : u.length] for u in rx.get_used()]
+        return got
+
+    for _ in range(8):
+        rx.add_chain([], [2048])
+    tx.add_chain([bytes(VNET_HDR_LEN), dhcp_discover(77)])
+    tx.kick()
+    assert len(tx.get_used()) == 1
+    frames = loop(1.0)
+    offers = [f for f in frames if (p := parse_ipv4(f)) is not None and p.proto == PROTO_UDP]
+    assert len(offers) == 1
+    bootp = parse_ipv4(offers[0]).payload[8:]  # type: ignore[union-attr]
+    assert dhcp_options(bootp)[53] == b"\x02" and bootp[16:20] == ip4(GUEST_IP)
+
+    os.kill(b.pid, signal.SIGKILL)
+    caplog.set_level(logging.ERROR, logger="kvmlite.backends.net")
+    assert loop(5.0) == [] and b.closed  # the loop ends on its own: no exception
+    assert "passt stopped (killed by SIGKILL" in caplog.text
+    tx.add_chain([bytes(VNET_HDR_LEN), arp_request(GATEWAY)])
+    tx.kick()  # the device still completes the guest's transmits (dropped, counted)
+    assert len(tx.get_used()) == 1 and b.tx_dropped == 1
