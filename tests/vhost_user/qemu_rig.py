@@ -1,0 +1,219 @@
+"""The QEMU rig for the networking tests: a busybox guest under ``-accel tcg``, its NIC
+served by ``kvmlite serve net`` over vhost-user, or by QEMU's own netdevs for reference.
+
+QEMU (q35, TCG) boots kvmlite's default kernel and busybox initramfs (about
+2 s); the guest's virtio-net driver is Linux's own.  With ``vhost_user_nic``
+the NIC's rings live in a shared memfd (``memory-backend-memfd,share=on``,
+as vhost-user requires) and are served by a ``kvmlite serve net`` process;
+``qemu_nic`` gives QEMU's own ``-netdev`` (tap, stream) for the same guest,
+which is how the rig itself is checked and what the benchmark compares with.
+
+``GuestShell`` types commands on the serial console and reads each one's
+output between two markers: ``echo @@B<n>; CMD; echo @@E<n> RC=$?``.  The
+markers' echo of the typed line is followed by ``;`` or `` RC=$?``, the
+output by a line end, so a match can only be the output.
+
+The initramfs is the default busybox one with a second cpio archive
+appended (the kernel unpacks concatenated archives in turn,
+Documentation/driver-api/early-userspace/buffer-format.rst): a udhcpc event
+script that applies a lease and prints it as ``DHCP: ip=... router=...``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT, default_guest
+from kvmlite.guestimage.cpio import NewcWriter
+from kvmlite.testing.expect import Expect
+
+from .netns import NetNs
+
+QEMU = "qemu-system-x86_64"
+MEMORY_MB = 128
+#: The NIC interrupts through INTx, not MSI-X.  QEMU 7.2 (Debian 12) under TCG segfaults
+#: when the guest's driver sets DRIVER_OK on a vhost-user virtio-net-pci with MSI-X
+#: (gdb: virtio_set_status -> vhost_net_start -> msix_set_vector_notifiers -> crash, in
+#: QEMU's guest-notifier unmasking, before any ring is used); with INTx it runs.  QEMU's
+#: own netdevs get the same option, so the benchmark compares like with like.
+NIC_OPTIONS = "vectors=0"
+
+#: udhcpc(8)'s event script (busybox networking/udhcp): "bound"/"renew" carry the lease
+#: in the environment ($ip, $mask or $subnet, $router, $dns).
+UDHCPC_SCRIPT = b"""#!/bin/sh
+case "$1" in
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    echo "DHCP: ip=$ip mask=${mask:-?} router=$router dns=$dns"
+    ;;
+esac
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class NetGuest:
+    """The kernel and the busybox initramfs with the network extras."""
+
+    vmlinux: Path
+    initrd: Path
+
+
+def net_extras_cpio() -> bytes:
+    buf = io.BytesIO()
+    with NewcWriter(buf) as w:
+        w.directory("etc")  # already there from the first archive; the kernel keeps it
+        w.directory("etc/udhcpc")
+        w.file("etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)
+    return buf.getvalue()
+
+
+def build_net_guest(workdir: Path) -> NetGuest:
+    if shutil.which(QEMU) is None:
+        pytest.fail(f"{QEMU} missing: apt-get install qemu-system-x86")
+    base = default_guest(progress=False)
+    initrd = workdir / "net-guest.cpio"
+    initrd.write_bytes(base.initrd.read_bytes() + net_extras_cpio())
+    return NetGuest(base.vmlinux, initrd)
+
+
+@pytest.fixture(scope="session")
+def net_guest(tmp_path_factory: pytest.TempPathFactory) -> NetGuest:
+    return build_net_guest(tmp_path_factory.mktemp("netguest"))
+
+
+@pytest.fixture
+def procs() -> Iterator[list]:
+    """Processes (Popen or Expect) a test started, stopped after it in reverse order."""
+    started: list = []
+    yield started
+    stop_all(started)
+
+
+def stop_all(started: list) -> None:
+    for p in reversed(started):
+        if isinstance(p, Expect):
+            p.close()
+        elif p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+def serve_net(
+    procs: list, sock: Path, spec: str, netns: NetNs | None = None, *extra: str
+) -> subprocess.Popen:
+    """Start ``kvmlite serve net --socket SOCK SPEC`` (inside ``netns`` if given); its log
+    (stderr, -v) goes to SOCK with the suffix .log.  Returns once the socket exists."""
+    log = sock.with_suffix(".log")
+    argv = [sys.executable, "-m", "kvmlite.serve", "net", "-v", "--socket", str(sock), *extra]
+    argv.append(spec)
+    if netns is not None:
+        argv = netns.argv(argv)
+    with open(log, "w") as fh:  # a file: an unread pipe could fill and stall the back-end
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=fh, stdout=fh)
+    procs.append(proc)
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        assert proc.poll() is None, f"kvmlite serve net exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no socket after 20 s:\n{log.read_text()}"
+        time.sleep(0.05)
+    return proc
+
+
+def vhost_user_nic(sock: Path, mac: str, index: int = 0) -> list[str]:
+    """QEMU options for a virtio-net-pci whose queues kvmlite serves over ``sock``."""
+    return [
+        "-chardev", f"socket,id=vu{index},path={sock}",
+        "-netdev", f"vhost-user,id=n{index},chardev=vu{index}",
+        "-device", f"virtio-net-pci,netdev=n{index},mac={mac},{NIC_OPTIONS}",
+    ]  # fmt: skip
+
+
+def qemu_nic(netdev: str, mac: str, index: int = 0) -> list[str]:
+    """QEMU options for a virtio-net-pci on QEMU's own ``-netdev`` (``tap,...``, ``stream,...``)."""
+    return [
+        "-netdev",
+        f"{netdev},id=n{index}",
+        "-device",
+        f"virtio-net-pci,netdev=n{index},mac={mac},{NIC_OPTIONS}",
+    ]
+
+
+def qemu_argv(guest: NetGuest, nic: Sequence[str]) -> list[str]:
+    return [
+        QEMU, "-accel", "tcg", "-M", "q35", "-m", str(MEMORY_MB), "-smp", "1",
+        "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on",
+        "-numa", "node,memdev=mem",
+        *nic,
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+        "-no-reboot", "-kernel", str(guest.vmlinux), "-initrd", str(guest.initrd),
+        "-append", f"{BASE_CMDLINE} quiet",
+    ]  # fmt: skip
+
+
+class GuestShell:
+    """The busybox shell on a guest's serial console."""
+
+    def __init__(self, console: Expect) -> None:
+        self.console = console
+        self._n = itertools.count()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        self.console.expect(re.escape(SHELL_PROMPT), timeout)
+        # Kernel messages on the console would land inside command output.
+        self.sh("dmesg -n 1")
+
+    def run(self, cmd: str, timeout: float = 60) -> tuple[int, str]:
+        """Run ``cmd`` (one shell line; it may end in ``&``); its status and output."""
+        n = next(self._n)
+        sep = " " if cmd.rstrip().endswith("&") else "; "
+        self.console.sendline(f"echo @@B{n}; {cmd}{sep}echo @@E{n} RC=$?")
+        m = self.console.expect(
+            rf"@@B{n}\r?\n((?s:.*?))@@E{n} RC=(\d+)\r?\n".encode(), timeout=timeout
+        )
+        # The prompt: the next line typed must not arrive while this one is still read.
+        self.console.expect(re.escape(SHELL_PROMPT), timeout=timeout)
+        return int(m.group(2)), m.group(1).decode(errors="replace").replace("\r\n", "\n")
+
+    def sh(self, cmd: str, timeout: float = 60) -> str:
+        """Run ``cmd``; its output; an AssertionError if it failed."""
+        rc, out = self.run(cmd, timeout)
+        assert rc == 0, f"guest: {cmd!r} exited {rc}:\n{out}"
+        return out
+
+    def poweroff(self, timeout: float = 30) -> None:
+        self.console.sendline("poweroff -f")
+        self.console.wait_eof(timeout)
+
+
+def boot(
+    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None
+) -> GuestShell:
+    """Boot QEMU with ``nic`` (inside ``netns`` if given: needed for QEMU's own tap)."""
+    argv = qemu_argv(guest, nic)
+    console = Expect.spawn(netns.argv(argv) if netns is not None else argv)
+    procs.append(console)
+    shell = GuestShell(console)
+    shell.wait_ready()
+    return shell
