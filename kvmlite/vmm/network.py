@@ -66,7 +66,11 @@ def add_networks(machine: Any, config: Any, wiring: Any, add: Any) -> None:
 def _reader(machine: Any, wiring: Any, device: Any, pair: int, backend: NetBackend) -> Any:
     def on_readable() -> None:
         backend.service()
-        if backend.closed:
+        if not backend.closed:
+            with wiring.lock:
+                if not device.handle_rx(pair):
+                    backend.set_reading(False)
+        if backend.closed:  # noticed by service() or by reading the EOF
             machine.loop.remove_reader(backend.fileno())
             log.error(
                 "%s: the network backend is gone (%s); the guest stays up without it",
@@ -75,9 +79,5 @@ def _reader(machine: Any, wiring: Any, device: Any, pair: int, backend: NetBacke
             )
             with wiring.lock:
                 device.set_link(False)
-            return
-        with wiring.lock:
-            if not device.handle_rx(pair):
-                backend.set_reading(False)
 
     return on_readable
