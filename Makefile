@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian 12 packages: the default guest's kernel source and build tools, busybox for
 # its initramfs, and the independent judges the tests use (QEMU, qemu-img, iasl, cpio).
 APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
-	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs
+	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
+	passt iproute2
 
 .PHONY: run test bench lint deps apt venv guest clean
 
