@@ -207,13 +207,21 @@ class GuestShell:
         self.console.wait_eof(timeout)
 
 
-def boot(
+def spawn(
     procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None
 ) -> GuestShell:
-    """Boot QEMU with ``nic`` (inside ``netns`` if given: needed for QEMU's own tap)."""
+    """Start QEMU with ``nic`` (inside ``netns`` if given: QEMU's own tap needs that);
+    the shell is not ready before ``wait_ready()``."""
     argv = qemu_argv(guest, nic)
     console = Expect.spawn(netns.argv(argv) if netns is not None else argv)
     procs.append(console)
-    shell = GuestShell(console)
+    return GuestShell(console)
+
+
+def boot(
+    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None
+) -> GuestShell:
+    """``spawn``, then wait for the guest's shell."""
+    shell = spawn(procs, guest, nic, netns)
     shell.wait_ready()
     return shell
