@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.queue import VirtQueue
-from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
+from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
@@ -62,6 +62,20 @@ log = logging.getLogger("kvmlite.vhost_user")
 PROTOCOL_FEATURES = (
     (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.CONFIG)
 )
+
+
+def default_protocol_features(device: VirtioDevice) -> int:
+    """The protocol features offered for ``device``.
+
+    virtio-net goes without CONFIG: QEMU's virtio-net answers the guest's
+    config reads itself, and QEMU 7.2 crashes (SIGSEGV as the guest probes
+    the NIC) when a vhost-user net back-end offers CONFIG.
+    """
+    if device.device_type == VIRTIO_ID_NET:
+        return PROTOCOL_FEATURES & ~(1 << ProtocolFeature.CONFIG)
+    return PROTOCOL_FEATURES
+
+
 #: How long a started message may take to arrive whole before we give up on it.
 MESSAGE_TIMEOUT_S = 5.0
 #: How long GET_VRING_BASE / disconnect wait for in-flight I/O.
@@ -87,7 +101,8 @@ class VhostUserBackend(VringHandlers):
 
     ``watch`` lists extra ``(fd, callback)`` pairs the loop watches for the
     device (``(executor.completion_fd, executor.run_completions)`` for
-    virtio-blk with a ``ThreadPoolIoExecutor``).
+    virtio-blk with a ``ThreadPoolIoExecutor``). ``protocol_features``:
+    what GET_PROTOCOL_FEATURES offers (default ``default_protocol_features``).
     """
 
     def __init__(
@@ -96,8 +111,12 @@ class VhostUserBackend(VringHandlers):
         path: str,
         *,
         watch: Sequence[tuple[int, Callable[[], object]]] = (),
+        protocol_features: int | None = None,
     ) -> None:
         self.device = device
+        self.protocol_features = (
+            default_protocol_features(device) if protocol_features is None else protocol_features
+        )
         self.path = os.fspath(path)
         self._watch = list(watch)
         self._sel = selectors.DefaultSelector()
@@ -312,6 +331,7 @@ class VhostUserBackend(VringHandlers):
 
     def _dispatch(self, s: _Session, hdr: p.Header, body: p.Payload, fds: list[int]) -> None:
         req = Request(hdr.request)
+        log.debug("VHOST_USER_%s %s", req.name, body)
         handler = self._HANDLERS.get(req)
         ack = hdr.need_reply and bool(s.protocol_features & (1 << ProtocolFeature.REPLY_ACK))
         if handler is None:
@@ -357,13 +377,13 @@ class VhostUserBackend(VringHandlers):
         return None
 
     def _get_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
-        return p.u64(PROTOCOL_FEATURES)
+        return p.u64(self.protocol_features)
 
     def _set_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, int)
         # Unknown bits are ignored, like libvhost-user: the front-end asked for
         # what we offered and may run with less.
-        s.protocol_features = body & PROTOCOL_FEATURES
+        s.protocol_features = body & self.protocol_features
         return None
 
     def _get_queue_num(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
