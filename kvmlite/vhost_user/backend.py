@@ -68,8 +68,9 @@ def default_protocol_features(device: VirtioDevice) -> int:
     """The protocol features offered for ``device``.
 
     virtio-net goes without CONFIG: QEMU's virtio-net answers the guest's
-    config reads itself, and QEMU 7.2 crashes (SIGSEGV as the guest probes
-    the NIC) when a vhost-user net back-end offers CONFIG.
+    config reads itself and warns at start-up ("backend supports
+    VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not") when a net back-end
+    offers it.
     """
     if device.device_type == VIRTIO_ID_NET:
         return PROTOCOL_FEATURES & ~(1 << ProtocolFeature.CONFIG)
