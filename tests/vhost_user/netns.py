@@ -16,6 +16,7 @@ only processes the test itself started there), so no peer outlives a test.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import itertools
 import os
@@ -30,6 +31,8 @@ from typing import Any
 import pytest
 
 CLONE_NEWNET = 0x40000000
+#: tcp(7): bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ).
+SIOCOUTQ = 0x5411
 _libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
 
@@ -153,9 +156,11 @@ def netns() -> Iterator[NetNs]:
 class TcpPeer:
     """One TCP connection accepted on ``addr:port`` inside a namespace, served on a thread.
 
-    The peer first sends ``send`` (then shuts its write side), then reads until the
-    other side's EOF; ``result()`` gives what it read (count, SHA-256) and when
-    (seconds from the accept to the EOF)."""
+    The peer first sends ``send`` and waits until the other side's kernel acknowledged
+    all of it (the send queue, SIOCOUTQ in tcp(7), is empty), then shuts its write side
+    and reads until the other side's EOF.  ``result()`` gives what it read (count,
+    SHA-256) and the seconds from the accept to that EOF; ``sent_seconds`` the seconds
+    from the accept until all of ``send`` was acknowledged."""
 
     def __init__(self, ns: NetNs, addr: str, port: int, send: bytes = b"") -> None:
         self.listener = ns.socket()
@@ -168,6 +173,7 @@ class TcpPeer:
         self.digest = hashlib.sha256()
         self.accepted_at = 0.0
         self.eof_at = 0.0
+        self.drained_at = 0.0
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True, name=f"peer-{port}")
         self.thread.start()
@@ -180,6 +186,9 @@ class TcpPeer:
                 conn.settimeout(120)
                 if self.send:
                     conn.sendall(self.send)
+                    while fcntl.ioctl(conn, SIOCOUTQ, b"\0\0\0\0") != bytes(4):
+                        time.sleep(0.0005)
+                    self.drained_at = time.monotonic()
                     conn.shutdown(socket.SHUT_WR)
                 while data := conn.recv(1 << 16):
                     self.received += len(data)
@@ -189,6 +198,10 @@ class TcpPeer:
             self.error = e
         finally:
             self.listener.close()
+
+    @property
+    def sent_seconds(self) -> float:
+        return self.drained_at - self.accepted_at
 
     def result(self, timeout: float = 120) -> tuple[int, str, float]:
         """(bytes read, their SHA-256, seconds from accept to EOF), once the peer is done."""

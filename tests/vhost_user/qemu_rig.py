@@ -16,7 +16,8 @@ output by a line end, so a match can only be the output.
 The initramfs is the default busybox one with a second cpio archive
 appended (the kernel unpacks concatenated archives in turn,
 Documentation/driver-api/early-userspace/buffer-format.rst): a udhcpc event
-script that applies a lease and prints it as ``DHCP: ip=... router=...``.
+script that applies a lease and prints it as ``DHCP: ip=... router=...``, and
+``/bin/net_blast`` (guest/net_blast.c), a TCP source and sink with 64 KiB writes.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ import pytest
 
 from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT, default_guest
 from kvmlite.guestimage.cpio import NewcWriter
+from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
 
 from .netns import NetNs
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 128
+NET_BLAST_SOURCE = Path(__file__).parent / "guest" / "net_blast.c"
 #: The NIC interrupts through INTx, not MSI-X.  QEMU 7.2 (Debian 12) under TCG segfaults
 #: when the guest's driver sets DRIVER_OK on a vhost-user virtio-net-pci with MSI-X
 #: (gdb: virtio_set_status -> vhost_net_start -> msix_set_vector_notifiers -> crash, in
@@ -77,11 +80,15 @@ class NetGuest:
 
 
 def net_extras_cpio() -> bytes:
+    blast = compile_static(NET_BLAST_SOURCE).read_bytes()
     buf = io.BytesIO()
     with NewcWriter(buf) as w:
-        w.directory("etc")  # already there from the first archive; the kernel keeps it
+        # etc/ and bin/ are already there from the first archive; the kernel keeps them.
+        w.directory("etc")
         w.directory("etc/udhcpc")
         w.file("etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)
+        w.directory("bin")
+        w.file("bin/net_blast", blast, 0o755)
     return buf.getvalue()
 
 
