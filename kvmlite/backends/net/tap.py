@@ -48,6 +48,7 @@ from kvmlite.backends.net.tap_open import (
     TUN_F_TSO_ECN,
     TUN_F_UFO,
     TUNSETOFFLOAD,
+    TapGroup,
     check_ifname,
     open_queue,
     run_script,
@@ -114,26 +115,6 @@ def tun_offloads(features: int) -> int:
     return flags
 
 
-class _TapGroup:
-    """What the queues of one interface share: the down-script runs when the last closes."""
-
-    def __init__(self, ifname: str, downscript: str | None, queues: int) -> None:
-        self.ifname = ifname
-        self.downscript = downscript
-        self.open_queues = queues
-        self.lock = threading.Lock()
-
-    def queue_closing(self) -> None:
-        with self.lock:
-            self.open_queues -= 1
-            if self.open_queues or self.downscript is None:
-                return
-        try:
-            run_script(self.downscript, self.ifname, "downscript")
-        except ConfigError as e:
-            log.warning("%s", e)  # at shutdown there is nobody left to refuse
-
-
 class TapBackend(NetBackend):
     """One queue of a tap interface."""
 
@@ -144,7 +125,7 @@ class TapBackend(NetBackend):
         *,
         vnet_hdr: bool,
         queue: int = 0,
-        group: _TapGroup | None = None,
+        group: TapGroup | None = None,
     ) -> None:
         self.ifname = ifname
         self.queue = queue
@@ -156,7 +137,7 @@ class TapBackend(NetBackend):
         self.tx_dropped = 0
         self.rx_dropped = 0
         self._fd = fd
-        self._group = group or _TapGroup(ifname, None, 1)
+        self._group = group or TapGroup(ifname, None, 1)
         self._lock = threading.RLock()
         self._epoll = select.epoll()
         self._events = 0
@@ -196,7 +177,7 @@ class TapBackend(NetBackend):
             for fd in fds:
                 os.close(fd)  # a tap we created goes away with its last fd
             raise
-        group = _TapGroup(actual, downscript, queues)
+        group = TapGroup(actual, downscript, queues)
         log.info("tap: %s open, %d queue(s), vnet_hdr=%s", actual, queues, vnet_hdr)
         return [
             cls(fd, actual, vnet_hdr=vnet_hdr, queue=i, group=group) for i, fd in enumerate(fds)

@@ -28,6 +28,7 @@ import re
 import socket
 import struct
 import subprocess
+import threading
 
 from kvmlite.errors import ConfigError
 
@@ -60,8 +61,9 @@ ETHTOOL_GDRVINFO = 0x00000003
 DRVINFO_SIZE = 196  # cmd + driver[32] version[32] fw[32] bus_info[32] erom[32] + 12 + 5 u32
 
 #: What the kernel's dev_valid_name() takes, narrowed to what is safe to pass
-#: to a script as an argument: no '/', ':', '%' (a template) or white space.
-_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+#: to a script as an argument: no '/', ':', '%' (a template), white space or
+#: a leading '-' (the script would take it for an option).
+_NAME_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*")
 
 
 def check_ifname(ifname: str) -> bytes:
@@ -69,7 +71,8 @@ def check_ifname(ifname: str) -> bytes:
     raw = ifname.encode("utf-8", "replace")
     if not _NAME_RE.fullmatch(ifname) or ifname in (".", ".."):
         raise ConfigError(
-            f"tap: interface name {ifname!r} is not valid: use letters, digits, '_', '.' or '-'"
+            f"tap: interface name {ifname!r} is not valid:"
+            " use letters, digits, '_', '.' or '-' (not first)"
         )
     if len(raw) >= IFNAMSIZ:
         raise ConfigError(
@@ -201,3 +204,24 @@ def run_script(script: str, ifname: str, what: str) -> None:
             f"tap: {what} `{script} {ifname}` failed ({status})"
             + (f": {err[-2000:]}" if err else "")
         )
+
+
+class TapGroup:
+    """What the queues of one tap share: the down-script runs when the last one closes."""
+
+    def __init__(self, ifname: str, downscript: str | None, queues: int) -> None:
+        self.ifname = ifname
+        self.downscript = downscript
+        self.open_queues = queues
+        self.lock = threading.Lock()
+
+    def queue_closing(self) -> None:
+        """Called by each queue before it closes its fd (the interface still exists)."""
+        with self.lock:
+            self.open_queues -= 1
+            if self.open_queues or self.downscript is None:
+                return
+        try:
+            run_script(self.downscript, self.ifname, "downscript")
+        except ConfigError as e:
+            log.warning("%s", e)  # at shutdown there is nobody left to refuse

@@ -261,3 +261,15 @@ def test_virtio_net_device_over_a_tap_answers_ping(netns: NetNs) -> None:
         assert b.rx_frames >= 2 and b.tx_frames == 2
     finally:
         b.close()
+
+
+def test_kernel_named_multiqueue_tap(netns: NetNs) -> None:
+    backends = netns.run(TapBackend.open, None, queues=3)
+    try:
+        names = {b.ifname for b in backends}
+        assert len(names) == 1 and names.pop().startswith("tap")
+        assert [b.queue for b in backends] == [0, 1, 2]
+        assert "multi_queue" in netns.sh("ip", "-d", "link", "show", backends[0].ifname).stdout
+    finally:
+        for b in backends:
+            b.close()

@@ -45,6 +45,7 @@ def refused(ns: NetNs, fn: Callable[[], object]) -> str:
         ("", "not valid"),
         ("..", "not valid"),
         ("ta:p", "not valid"),
+        ("-tap", "not valid"),
     ],
 )
 def test_bad_interface_names(name: str, says: str) -> None:

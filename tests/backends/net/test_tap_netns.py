@@ -44,6 +44,10 @@ class NetNs:
     def __init__(self) -> None:
         self.name = f"kvl-tap-{os.getpid()}-{next(_counter)}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
+        # No IPv6: its router solicitations and MLD reports would arrive on
+        # the taps at random moments and upset frame counts.
+        self.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        self.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
 
     def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """``fn(*args, **kwargs)`` on a thread inside the namespace."""
