@@ -273,3 +273,19 @@ def test_kernel_named_multiqueue_tap(netns: NetNs) -> None:
     finally:
         for b in backends:
             b.close()
+
+
+def test_interface_deleted_under_a_running_backend(
+    netns: NetNs, caplog: pytest.LogCaptureFixture
+) -> None:
+    [b] = open_up(netns, "kvldel0")
+    try:
+        netns.sh("ip", "link", "del", "kvldel0")
+        assert readable(b)  # the loop wakes up once ...
+        assert b.recv_frames() == [] and b.closed  # ... learns the tap is gone ...
+        assert not readable(b, 0.05)  # ... and is not woken again
+        b.send(bytes(VNET_HDR_LEN + 60))
+        assert b.tx_dropped == 1
+        assert sum("the tap is gone" in r.message for r in caplog.records) == 1
+    finally:
+        b.close()
