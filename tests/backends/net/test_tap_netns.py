@@ -46,8 +46,10 @@ class NetNs:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         # No IPv6: its router solicitations and MLD reports would arrive on
         # the taps at random moments and upset frame counts.
-        self.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        self.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+        # (/proc/sys/net shows the namespace of the process reading it.)
+        for conf in ("all", "default"):
+            path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
+            self.sh("sh", "-c", f"[ ! -e {path} ] || echo 1 > {path}")
 
     def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """``fn(*args, **kwargs)`` on a thread inside the namespace."""
