@@ -14,7 +14,17 @@ import subprocess
 import time
 
 import pytest
-from test_tap_netns import PEER_IP, PEER_MAC, NetNs, Responder, checksum, netns_scope
+from test_tap_netns import (
+    HOST_IP,
+    PEER_IP,
+    PEER_MAC,
+    NetNs,
+    Responder,
+    checksum,
+    ipv4,
+    netns_scope,
+    tcp,
+)
 
 from kvmlite.backends.net.tap import READ_FRAMES, TapBackend
 from kvmlite.devices.virtio.net import VirtioNet
@@ -288,4 +298,54 @@ def test_interface_deleted_under_a_running_backend(
         assert b.tx_dropped == 1
         assert sum("the tap is gone" in r.message for r in caplog.records) == 1
     finally:
+        b.close()
+
+
+def test_guest_tso_frame_reaches_a_host_socket(netns: NetNs) -> None:
+    """A 20 000-byte TCP frame with a GSO virtio-net header (HOST_TSO4) is taken by the kernel."""
+    [b] = open_up(netns, "kvlgso0")
+    static_peer(netns, "kvlgso0")
+    tap_mac = bytes.fromhex(
+        netns.sh("cat", "/sys/class/net/kvlgso0/address").stdout.strip().replace(":", "")
+    )
+    listener = netns.run(socket.create_server, ("10.0.0.1", 5002))
+    conn = None
+    try:
+        eth = tap_mac + PEER_MAC + b"\x08\x00"
+
+        def to_host(seg: bytes, hdr: bytes = bytes(VNET_HDR_LEN)) -> None:
+            b.send(hdr + eth + ipv4(PEER_IP, HOST_IP, 6, seg))
+            assert b.tx_dropped == 0
+
+        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 100, 0, 0x02))
+        synack = None
+        deadline = time.monotonic() + 3
+        while synack is None and time.monotonic() < deadline:
+            if readable(b, 0.05):
+                for f in b.recv_frames():
+                    body = f[VNET_HDR_LEN:]
+                    if body[23:24] == b"\x06" and body[47] == 0x12:  # SYN|ACK
+                        synack = struct.unpack("!I", body[38:42])[0]
+        assert synack is not None
+        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, 0x10))
+        listener.settimeout(3)
+        conn, _ = listener.accept()
+        data = bytes(range(256)) * 78 + bytes(32)  # 20 000 bytes: 14 segments of 1448
+        seg = tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, 0x18, data)
+        pseudo_sum = ~checksum(PEER_IP + HOST_IP + struct.pack("!BBH", 0, 6, len(seg))) & 0xFFFF
+        seg = seg[:16] + struct.pack("!H", pseudo_sum) + seg[18:]  # partial, as a guest sends it
+        gso = HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 54, 1448, 34, 16, 0)
+        to_host(seg, gso)
+        got = b""
+        conn.settimeout(3)
+        while len(got) < len(data):
+            chunk = conn.recv(65536)
+            assert chunk
+            got += chunk
+        assert got == data
+        assert b.tx_frames == 3
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
         b.close()

@@ -122,10 +122,21 @@ def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes) -> bytes:
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
 
 
-def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
-    opts = struct.pack("!BBH", 2, 4, 1460)  # MSS
-    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + 1) << 4, flags, 65535, 0, 0)
-    seg = hdr + opts
+def tcp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+) -> bytes:
+    """A TCP segment with its checksum; a SYN carries an MSS option of 1460."""
+    opts = struct.pack("!BBH", 2, 4, 1460) if flags & 0x02 else b""
+    off = (20 + len(opts)) // 4
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, 65535, 0, 0)
+    seg = hdr + opts + payload
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(seg))
     return seg[:16] + struct.pack("!H", checksum(pseudo + seg)) + seg[18:]
 
