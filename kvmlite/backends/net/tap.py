@@ -178,10 +178,19 @@ class TapBackend(NetBackend):
                 os.close(fd)  # a tap we created goes away with its last fd
             raise
         group = TapGroup(actual, downscript, queues)
+        backends: list[TapBackend] = []
+        try:
+            for i, fd in enumerate(fds):
+                backends.append(cls(fd, actual, vnet_hdr=vnet_hdr, queue=i, group=group))
+        except BaseException:  # out of fds for the epoll: leave nothing open
+            group.downscript = None
+            for b in backends:
+                b.close()
+            for fd in fds[len(backends) :]:
+                os.close(fd)
+            raise
         log.info("tap: %s open, %d queue(s), vnet_hdr=%s", actual, queues, vnet_hdr)
-        return [
-            cls(fd, actual, vnet_hdr=vnet_hdr, queue=i, group=group) for i, fd in enumerate(fds)
-        ]
+        return backends
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import time
 from pathlib import Path
 
 import pytest
 from test_tap_netns import NetNs, netns_scope
 
-from kvmlite.backends.net import tap_open
+from kvmlite.backends.net import tap, tap_open
 from kvmlite.backends.net.tap import TapBackend
 from kvmlite.errors import ConfigError
 
@@ -109,3 +111,29 @@ def test_close_releases_every_fd_and_is_idempotent(netns: NetNs) -> None:
         assert b.tx_dropped == 1
     assert fds() == before
     assert not exists(netns, "kvlclose0")
+
+
+def test_out_of_fds_while_building_leaves_nothing_open(
+    netns: NetNs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = []
+
+    class FailingSelect:
+        @staticmethod
+        def epoll() -> select.epoll:
+            if len(made) == 2:
+                raise OSError(errno.EMFILE, "Too many open files")
+            made.append(select.epoll())
+            return made[-1]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(select, name)
+
+    monkeypatch.setattr(tap, "select", FailingSelect())
+    log = tmp_path / "down.log"
+    down = script(tmp_path, "down", f"echo ran >> {log}")
+    before = fds()
+    with pytest.raises(OSError):
+        netns.run(TapBackend.open, "kvlemfile0", queues=3, downscript=down)
+    assert fds() == before
+    assert not exists(netns, "kvlemfile0") and not log.exists()
