@@ -63,7 +63,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="SPEC",
         help="virtio-net NIC: user[,hostfwd=tcp::2222-:22] (passt, no root), "
-        "tap[,ifname=NAME][,queues=N][,script=PATH], socket,listen=PATH|connect=PATH; "
+        "tap[,ifname=NAME][,queues=N][,script=PATH][,downscript=PATH][,vnet_hdr=off], "
+        "socket,listen=PATH|connect=PATH, none; "
         "each NIC may add mac=52:54:00:12:34:56 (see docs/networking.md)",
     )
     p.add_argument(

@@ -1,7 +1,10 @@
 """Network backends: the host side of virtio-net (see docs/networking.md).
 
 The interface every backend has is in ``base``; ``socket_stream`` carries
-frames over a unix stream socket (QEMU ``-netdev stream`` / passt framing).
+frames over a unix stream socket (QEMU ``-netdev stream`` / passt framing),
+``tap`` (``TapBackend``) a tap interface, ``passt`` (``PasstBackend``) the
+user-mode network; ``spec`` (``NetSpec``) parses ``-n`` and opens any of
+them. tap and passt are imported where used, to keep start-up short.
 """
 
 from kvmlite.backends.net.base import NetBackend
