@@ -392,8 +392,6 @@ def test_passt_exits_when_kvmlite_dies(netns: str) -> None:
         f"""
         import time
         from kvmlite.backends.net.passt import PasstBackend
-from kvmlite.devices.virtio.net import VirtioNet
-from kvmlite.devices.virtio.net_spec import VNET_HDR_LEN
         b = PasstBackend.start(extra_args=("-D", "{DNS}"))
         print(b.pid, flush=True)
         time.sleep(60)
