@@ -52,15 +52,20 @@ from kvmlite.devices.virtio.queue import VirtQueue
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
+from kvmlite.vhost_user.channel import BackendChannel
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
 from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
 from kvmlite.vhost_user.vrings import CallInterrupt, Vring, VringHandlers, close_fd
 
 log = logging.getLogger("kvmlite.vhost_user")
 
-#: Protocol features offered: REPLY_ACK, CONFIG (GET/SET_CONFIG) and MQ.
+#: Protocol features offered: REPLY_ACK, CONFIG (GET/SET_CONFIG), MQ and
+#: BACKEND_REQ (config-change messages, kvmlite/vhost_user/channel.py).
 PROTOCOL_FEATURES = (
-    (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.CONFIG)
+    (1 << ProtocolFeature.MQ)
+    | (1 << ProtocolFeature.REPLY_ACK)
+    | (1 << ProtocolFeature.CONFIG)
+    | (1 << ProtocolFeature.BACKEND_REQ)
 )
 
 
@@ -95,6 +100,7 @@ class _Session:
     mem: MappedMemory | None = None
     active: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    channel: BackendChannel = field(default_factory=BackendChannel)
 
 
 class VhostUserBackend(VringHandlers):
@@ -264,6 +270,7 @@ class VhostUserBackend(VringHandlers):
         log.info("front-end of %s disconnected: %s", self.path, reason)
         self._sel.unregister(s.conn)
         s.conn.close()
+        s.channel.close()
         self._drain()
         for v in s.vrings:
             self._stop_ring(v)
@@ -440,6 +447,19 @@ class VhostUserBackend(VringHandlers):
             self.device.write_config(body.offset, body.data)
         return None
 
+    def _set_backend_req_fd(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+        if not s.protocol_features & (1 << ProtocolFeature.BACKEND_REQ):
+            raise BackendError("SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature")
+        fd = fds.pop()
+        try:
+            s.channel.attach(fd)
+        except OSError as e:
+            os.close(fd)
+            raise BackendError(
+                f"SET_BACKEND_REQ_FD: the fd is not a socket ({e.strerror})"
+            ) from None
+        return None
+
     _HANDLERS: dict[Request, Callable[..., bytes | None]] = {
         Request.GET_FEATURES: _get_features,
         Request.SET_FEATURES: _set_features,
@@ -459,6 +479,7 @@ class VhostUserBackend(VringHandlers):
         Request.SET_VRING_ERR: VringHandlers._set_vring_err,
         Request.GET_CONFIG: _get_config,
         Request.SET_CONFIG: _set_config,
+        Request.SET_BACKEND_REQ_FD: _set_backend_req_fd,
     }
 
 

@@ -265,7 +265,13 @@ SUPPORTED_REQUESTS = (
     | _NO_PAYLOAD
     | _STATE_REQUESTS
     | _VRING_FD_REQUESTS
-    | {Request.SET_VRING_ADDR, Request.SET_MEM_TABLE, Request.GET_CONFIG, Request.SET_CONFIG}
+    | {
+        Request.SET_VRING_ADDR,
+        Request.SET_MEM_TABLE,
+        Request.GET_CONFIG,
+        Request.SET_CONFIG,
+        Request.SET_BACKEND_REQ_FD,
+    }
 )
 
 
@@ -346,6 +352,12 @@ def parse_payload(request: int, payload: bytes, nfds: int = 0) -> Payload:
         return VringFd(value & VHOST_USER_VRING_IDX_MASK, no_fd)
     if req is Request.SET_MEM_TABLE:
         return _parse_mem_table(payload, nfds)
+    if req is Request.SET_BACKEND_REQ_FD:
+        # No payload but the socket; QEMU sends size 0, some front-ends a u64.
+        if len(payload) not in (0, U64_SIZE):
+            _expect(req, payload, 0)
+        _expect_fds(req, nfds, 1)
+        return None
     # GET_CONFIG / SET_CONFIG
     if len(payload) < CONFIG_HEADER_SIZE:
         raise ProtocolError(

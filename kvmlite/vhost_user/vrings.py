@@ -16,9 +16,9 @@ import selectors
 from dataclasses import dataclass
 from typing import Any
 
-from kvmlite.devices.irq import NoInterrupt
 from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
 from kvmlite.vhost_user import protocol as p
+from kvmlite.vhost_user.channel import ConfigChangeInterrupt
 from kvmlite.vhost_user.memmap import BackendError
 from kvmlite.vhost_user.protocol import Request
 
@@ -199,7 +199,10 @@ class VringHandlers:
             if not s.active:
                 self.device.ack_features(s.features)
                 self.device.activate(
-                    mem, [r.queue for r in s.vrings], [r.call for r in s.vrings], NoInterrupt()
+                    mem,
+                    [r.queue for r in s.vrings],
+                    [r.call for r in s.vrings],
+                    ConfigChangeInterrupt(s.channel),
                 )
                 s.active = True
         assert v.kick_fd is not None
