@@ -85,7 +85,7 @@ def rows() -> list[Row]:
                 host = f"{TAPS[vmm][1]}.1"
                 port = next(ports)
                 sink = TcpPeer(ns, host, port)
-                out = shells[vmm].sh(f"net_blast send {host} {port} {size}", 300)
+                out = shells[vmm].sh(f"net_blast send {host} {port} {size}", 120)
                 assert f"BLAST: sent={size}" in out, out
                 received, _, seconds = sink.result()
                 assert received == size, f"{vmm}: the host got {received} of {size} bytes"
@@ -95,7 +95,7 @@ def rows() -> list[Row]:
                 host = f"{TAPS[vmm][1]}.1"
                 port = next(ports)
                 source = TcpPeer(ns, host, port, send=bytes(size))
-                out = shells[vmm].sh(f"net_blast recv {host} {port}", 300)
+                out = shells[vmm].sh(f"net_blast recv {host} {port}", 120)
                 assert f"BLAST: received={size}" in out, out
                 source.result()
                 return source.sent_seconds
@@ -109,7 +109,12 @@ def rows() -> list[Row]:
                 for name, run in tests.items():
                     for vmm in shells:
                         times.setdefault((vmm, name), []).append(run(vmm, SIZE))
-            for shell in shells.values():
+            for vmm, shell in shells.items():
+                # Receive length errors: frames Linux's driver found malformed and dropped.
+                counters = shell.sh("grep eth0: /proc/net/dev").split(":", 1)[1].split()
+                print(
+                    f"bench_net: {vmm} guest eth0 rx length errors: {counters[5]}", file=sys.stderr
+                )
                 shell.poweroff()
         finally:
             stop_all(procs)
