@@ -4,7 +4,8 @@ Follows QEMU docs/interop/vhost-user.rst ("Back-end" role).
 
 Theory of operation
 -------------------
-One thread runs ``serve_forever()``: a ``selectors`` loop over the listening
+One thread runs ``serve_forever()``: a ``selectors`` loop (``Loop``,
+kvmlite/vhost_user/loop.py) over the listening
 socket, the connected front-end's socket, every started ring's kick eventfd,
 any extra fds the device needs watched (virtio-blk's I/O completion eventfd),
 and a wake eventfd for ``stop()``.  One front-end is served at a time; while
@@ -37,13 +38,11 @@ unmaps the memory, resets the device and listens for the next front-end.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import selectors
 import socket
 import stat
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +52,7 @@ from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import BackendChannel
+from kvmlite.vhost_user.loop import Loop
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
 from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
 from kvmlite.vhost_user.vrings import CallInterrupt, Vring, VringHandlers, close_fd
@@ -103,7 +103,7 @@ class _Session:
     channel: BackendChannel = field(default_factory=BackendChannel)
 
 
-class VhostUserBackend(VringHandlers):
+class VhostUserBackend(Loop, VringHandlers):
     """Serve ``device`` on the unix socket ``path``.
 
     ``watch`` lists extra ``(fd, callback)`` pairs the loop watches for the
@@ -125,13 +125,7 @@ class VhostUserBackend(VringHandlers):
             default_protocol_features(device) if protocol_features is None else protocol_features
         )
         self.path = os.fspath(path)
-        self._watch = list(watch)
-        self._sel = selectors.DefaultSelector()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stopping = False
-        self._stop_requested = False
-        self._soon: collections.deque[Callable[[], object]] = collections.deque()
-        self._soon_lock = threading.Lock()
+        Loop.__init__(self, watch)
         self.session: _Session | None = None
         #: Connections served so far (tests watch it to see reconnects).
         self.connections = 0
@@ -165,84 +159,21 @@ class VhostUserBackend(VringHandlers):
 
     def serve_forever(self) -> None:
         """Serve front-ends, one after another, until ``stop()``."""
-        self._sel.register(self._wake, selectors.EVENT_READ, self._on_wake)
         self._sel.register(self._listener, selectors.EVENT_READ, self._accept)
-        for fd, cb in self._watch:
-            self._sel.register(fd, selectors.EVENT_READ, cb)
         try:
-            while not self._stopping:
-                for key, _ in self._sel.select():
-                    key.data()
-                    if self._stopping:
-                        break
+            self.run_loop()
         finally:
             self._disconnect("back-end stopping")
-            for key in list(self._sel.get_map().values()):
-                self._sel.unregister(key.fileobj)
-
-    def stop(self) -> None:
-        """Ask ``serve_forever`` to return (thread-safe)."""
-        self._stop_requested = True
-        os.eventfd_write(self._wake, 1)
-
-    def wake(self) -> None:
-        """Make the loop go round once (thread-safe): fds it watches changed state."""
-        os.eventfd_write(self._wake, 1)
-
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the loop's thread (thread-safe)."""
-        with self._soon_lock:
-            self._soon.append(fn)
-        os.eventfd_write(self._wake, 1)
-
-    def add_watch(self, fd: int, callback: Callable[[], object]) -> None:
-        """Watch ``fd`` for readability; call from the loop's thread (or via call_soon).
-
-        Before ``serve_forever`` it joins the ``watch`` list; watching an fd
-        already watched replaces its callback.
-        """
-        if not self._sel.get_map():  # not serving yet: registered by serve_forever
-            self._watch = [(f, cb) for f, cb in self._watch if f != fd] + [(fd, callback)]
-            return
-        try:
-            self._sel.modify(fd, selectors.EVENT_READ, callback)
-        except KeyError:
-            self._sel.register(fd, selectors.EVENT_READ, callback)
-
-    def remove_watch(self, fd: int) -> None:
-        """Stop watching ``fd`` (loop thread); unknown fds are ignored."""
-        self._watch = [(f, cb) for f, cb in self._watch if f != fd]
-        try:
-            self._sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+            self.unwatch_all()
 
     def close(self) -> None:
         """Release the socket and the loop's fds (after ``serve_forever`` returned)."""
         self._listener.close()
-        self._sel.close()
-        os.close(self._wake)
+        self.close_loop()
         try:
             os.unlink(self.path)
         except OSError:
             pass
-
-    def _on_wake(self) -> None:
-        try:
-            os.eventfd_read(self._wake)
-        except BlockingIOError:
-            pass
-        while True:
-            with self._soon_lock:
-                if not self._soon:
-                    break
-                fn = self._soon.popleft()
-            try:
-                fn()
-            except Exception:  # a bug in a device's callback: keep serving
-                log.exception("%s: error in a deferred call", self.path)
-        if self._stop_requested:
-            self._stopping = True
 
     def _accept(self) -> None:
         try:
