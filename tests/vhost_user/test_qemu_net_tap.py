@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,23 +40,21 @@ PAYLOAD = 1 << 20
 BULK = 32 << 20
 
 
-def tap_network() -> tuple[NetNs, NetNs]:
-    """(switch, peer): the tap bridged to a veth whose other end is the peer at PEER_IP."""
-    switch, peer = NetNs(), NetNs()
+def tap_network(switch: NetNs, peer: NetNs) -> None:
+    """The tap bridged to a veth whose other end is the peer at PEER_IP."""
     switch.add_tap(TAP)
     switch.add_veth_to("vb", peer, "vp")
     switch.add_bridge("br0", [TAP, "vb"])
     peer.address("vp", f"{PEER_IP}/24")
-    return switch, peer
 
 
 @pytest.fixture
-def network() -> tuple[NetNs, NetNs]:
+def network() -> Iterator[tuple[NetNs, NetNs]]:
+    """(switch, peer), deleted after the test."""
     need_root()
-    switch, peer = tap_network()
-    yield switch, peer
-    for ns in (switch, peer):
-        ns.delete()
+    with NetNs() as switch, NetNs() as peer:
+        tap_network(switch, peer)
+        yield switch, peer
 
 
 def boot_on_tap(
