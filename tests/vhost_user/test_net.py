@@ -218,3 +218,27 @@ def test_two_queue_pairs_each_with_its_backend(
         f.close()
         for _, b in socks:
             b.close()
+
+
+def test_used_entries_of_one_frame_are_published_together() -> None:
+    """The queue hook net relies on (§5.1.6.4.2): ``add_used(publish=False)``
+    leaves used idx alone until ``publish_used``. Without it a guest running
+    beside the back-end saw a frame's first buffer alone and dropped the
+    frame (Linux "rx error: buffers missing", counted as frame errors)."""
+    from kvmlite.devices.virtio.queue import VirtQueue
+    from kvmlite.testing import bytearray_memory
+
+    mem = bytearray_memory(1 << 20)
+    drv = MockDriver(mem, 8)
+    q = VirtQueue(8)
+    drv.configure(q)
+    for _ in range(3):
+        drv.add_chain([], [64])
+    heads = [c.head for c in (q.pop(mem), q.pop(mem), q.pop(mem)) if c is not None]
+    q.add_used(mem, heads[0], 64, publish=False)
+    q.add_used(mem, heads[1], 64, publish=False)
+    assert drv.used_idx == 0
+    q.add_used(mem, heads[2], 10, publish=False)
+    q.publish_used(mem)
+    assert drv.used_idx == 3
+    assert [u.length for u in drv.get_used()] == [64, 64, 10]

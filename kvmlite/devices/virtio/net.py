@@ -380,8 +380,12 @@ class VirtioNet(NetControlQueue, VirtioDevice):
         pos = 0
         for chain, n in chains:
             chain.write_all(mem, memoryview(data)[pos : pos + n])
-            q.add_used(mem, chain.head, n)
+            q.add_used(mem, chain.head, n, publish=False)
             pos += n
+        # All of the frame's buffers become used at once (§5.1.6.4.2): a driver
+        # running concurrently (another vCPU, a vhost-user front-end's guest)
+        # that saw the first one alone would drop the frame as "buffers missing".
+        q.publish_used(mem)
         return True
 
     # -- control queue -------------------------------------------------------------------------

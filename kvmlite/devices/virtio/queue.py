@@ -365,16 +365,29 @@ class VirtQueue:
 
     # -- used ring --------------------------------------------------------------
 
-    def add_used(self, memory: GuestMemory, head: int, length: int) -> None:
-        """Return chain ``head`` to the driver with ``length`` bytes written."""
+    def add_used(
+        self, memory: GuestMemory, head: int, length: int, *, publish: bool = True
+    ) -> None:
+        """Return chain ``head`` to the driver with ``length`` bytes written.
+
+        ``publish=False`` writes the used element but not used idx, so that
+        several chains become visible together with ``publish_used`` (a
+        virtio-net frame over mergeable buffers, §5.1.6.4.2: the driver must
+        see all ``num_buffers`` of a frame at once).
+        """
         if head >= self.size:
             raise QueueError(f"used head {head} >= queue size {self.size}")
         used = self._rings(memory)[2]
         _USED_ELEM.pack_into(used, 4 + 8 * (self.next_used % self.size), head, length & 0xFFFFFFFF)
         self.next_used = (self.next_used + 1) & 0xFFFF
-        # Element before index: x86 keeps stores in order (module docstring).
-        _U16.pack_into(used, 2, self.next_used)
+        if publish:
+            # Element before index: x86 keeps stores in order (module docstring).
+            _U16.pack_into(used, 2, self.next_used)
         self.num_added += 1
+
+    def publish_used(self, memory: GuestMemory) -> None:
+        """Write used idx for the elements added with ``publish=False``."""
+        _U16.pack_into(self._rings(memory)[2], 2, self.next_used)
 
     def needs_notification(self, memory: GuestMemory) -> bool:
         """Whether the driver wants an interrupt for the used entries added so far.
