@@ -11,6 +11,7 @@ up a virtio-console's rings over vhost-user can use it.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def cmd_console(a: argparse.Namespace) -> int:
@@ -19,10 +20,17 @@ def cmd_console(a: argparse.Namespace) -> int:
     from kvmlite.serve import serve_device  # noqa: PLC0415
     from kvmlite.vhost_user.wiring import wire_console  # noqa: PLC0415
 
-    backend = parse_console_spec(a.backend)
+    servers: list[Any] = []
+    # stdio on a terminal is raw (Ctrl-C goes to the guest): Ctrl-A x stops serving.
+    backend = parse_console_spec(a.backend, on_quit=lambda: [s.stop() for s in servers])
     try:
         dev = VirtioConsole(backend)
-        return serve_device(dev, a.socket, wire=lambda server: wire_console(server, dev, backend))
+
+        def wire(server: Any) -> None:
+            servers.append(server)
+            wire_console(server, dev, backend)
+
+        return serve_device(dev, a.socket, wire=wire)
     finally:
         backend.close()
 
