@@ -6,7 +6,8 @@ of that socket: a tiny host at 10.0.2.2 that answers ARP and ICMP echo. The
 guest brings eth0 up with a static address and ``ping -c 3`` must succeed,
 so frames go both ways through Linux's virtio-net driver, QEMU's vhost-user
 front-end (which enables the rings with SET_VRING_ENABLE) and kvmlite's
-VirtioNet.
+VirtioNet; then the driver is unbound and bound again (rings stopped and
+restarted) and the ping works again.
 """
 
 from __future__ import annotations
@@ -152,6 +153,16 @@ def test_linux_pings_through_kvmlite_serve_net(
         assert "3 packets received" in out, out
         print(f"\nguest ping over kvmlite serve net: {time.monotonic() - start:.1f} s")
         assert peer.echo_requests >= 3
+        # The driver goes away and comes back: QEMU disables and stops the rings
+        # (SET_VRING_ENABLE 0, GET_VRING_BASE), then starts them again.
+        drv = "/sys/bus/virtio/drivers/virtio_net"
+        run(f"dev=$(basename $(readlink /sys/class/net/eth0/device)); echo $dev > {drv}/unbind"
+            f" && echo $dev > {drv}/bind")  # fmt: skip
+        run("ip link set eth0 up")
+        run(f"ip addr add {GUEST_IP}/24 dev eth0")
+        out = run(f"ping -c 2 -W 5 {PEER_IP}", timeout=90)
+        assert "2 packets received" in out, out
+        assert peer.echo_requests >= 5
         c.sendline("poweroff -f")
         c.wait_eof(timeout=60)
     finally:
