@@ -1,6 +1,6 @@
 """The ``kvmlite`` command line: ``kvmlite run|img|serve ...``.
 
-``img`` lives in kvmlite/imgtool.py and ``serve`` (vhost-user) in kvmlite/serve.py.
+``img`` lives in kvmlite/imgtool.py and ``serve`` (vhost-user) in kvmlite/serve/.
 
 ``kvmlite run`` exit statuses: 0 the guest powered off (or the user quit
 from the console), 1 kvmlite failed (bad input, KVM error), 2 usage error,
