@@ -148,12 +148,14 @@ def serve_net(
     return proc
 
 
-def vhost_user_nic(sock: Path, mac: str, index: int = 0) -> list[str]:
+def vhost_user_nic(sock: Path, mac: str, index: int = 0, queue_pairs: int = 1) -> list[str]:
     """QEMU options for a virtio-net-pci whose queues kvmlite serves over ``sock``."""
+    mq = f",queues={queue_pairs}" if queue_pairs > 1 else ""
     return [
         "-chardev", f"socket,id=vu{index},path={sock}",
-        "-netdev", f"vhost-user,id=n{index},chardev=vu{index}",
-        "-device", f"virtio-net-pci,netdev=n{index},mac={mac},{NIC_OPTIONS}",
+        "-netdev", f"vhost-user,id=n{index},chardev=vu{index}{mq}",
+        "-device", f"virtio-net-pci,netdev=n{index},mac={mac},{NIC_OPTIONS}"
+        + (",mq=on" if mq else ""),
     ]  # fmt: skip
 
 
@@ -167,9 +169,9 @@ def qemu_nic(netdev: str, mac: str, index: int = 0) -> list[str]:
     ]
 
 
-def qemu_argv(guest: NetGuest, nic: Sequence[str]) -> list[str]:
+def qemu_argv(guest: NetGuest, nic: Sequence[str], cpus: int = 1) -> list[str]:
     return [
-        QEMU, "-accel", "tcg", "-M", "q35", "-m", str(MEMORY_MB), "-smp", "1",
+        QEMU, "-accel", "tcg", "-M", "q35", "-m", str(MEMORY_MB), "-smp", str(cpus),
         "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on",
         "-numa", "node,memdev=mem",
         *nic,
@@ -215,20 +217,20 @@ class GuestShell:
 
 
 def spawn(
-    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None
+    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None, cpus: int = 1
 ) -> GuestShell:
     """Start QEMU with ``nic`` (inside ``netns`` if given: QEMU's own tap needs that);
     the shell is not ready before ``wait_ready()``."""
-    argv = qemu_argv(guest, nic)
+    argv = qemu_argv(guest, nic, cpus)
     console = Expect.spawn(netns.argv(argv) if netns is not None else argv)
     procs.append(console)
     return GuestShell(console)
 
 
 def boot(
-    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None
+    procs: list, guest: NetGuest, nic: Sequence[str], netns: NetNs | None = None, cpus: int = 1
 ) -> GuestShell:
     """``spawn``, then wait for the guest's shell."""
-    shell = spawn(procs, guest, nic, netns)
+    shell = spawn(procs, guest, nic, netns, cpus)
     shell.wait_ready()
     return shell
