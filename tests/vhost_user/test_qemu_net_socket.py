@@ -51,9 +51,9 @@ def test_two_guests_on_a_socket_cable_ping_each_other(
     ping(b, A[0])
     # A TCP stream across: 256 KiB from b to a, checked on both ends.
     a.sh("nc -l -p 7000 > /tmp/in &")
-    time.sleep(0.5)  # busybox nc -l is listening once the shell has forked it
     b.sh("dd if=/dev/urandom of=/tmp/out bs=64k count=4 2>/dev/null")
-    b.sh(f"nc {A[0]} 7000 < /tmp/out", timeout=60)
+    # Until a's nc listens, a connection is refused before any byte goes: try again.
+    b.sh(f"for i in 1 2 3 4 5; do nc {A[0]} 7000 < /tmp/out && break; sleep 1; done", 90)
     a.sh("wait")
     assert a.sh("sha256sum < /tmp/in").split()[0] == b.sh("sha256sum < /tmp/out").split()[0]
     for shell in (a, b):

@@ -97,16 +97,22 @@ def start_user_net(procs: list, ns: NetNs, tmp_path: Path, spec: str = "user") -
     return sock
 
 
-def http_get(ns: NetNs, port: int) -> bytes:
-    s = ns.socket()
-    with s:
-        s.settimeout(30)
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
+def http_get(ns: NetNs, port: int, tries: int = 5) -> bytes:
+    """GET / from 127.0.0.1:port in ``ns``; passt accepts at once and closes the
+    connection if the guest refused it, so an empty answer is tried again."""
+    for _ in range(tries):
+        s = ns.socket()
+        with s:
+            s.settimeout(30)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        if data:
+            return data
+        time.sleep(0.5)
+    return b""
 
 
 def test_dhcp_then_a_page_from_the_host_loopback(
