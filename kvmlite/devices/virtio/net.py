@@ -348,20 +348,25 @@ class VirtioNet(NetControlQueue, VirtioDevice):
             self.stats.rx_oversize += 1
             log.warning("%s: dropped a %d-byte frame from the backend", self.name, len(data))
             return False
+        # The per-buffer loop is the receive path's cost (a 64 KiB frame takes
+        # ~16 of Linux's 4 KiB mergeable buffers): keep it to locals.
+        mergeable = self.mergeable
+        total = len(data)
         chains: list[tuple[DescriptorChain, int]] = []
         done = 0
-        while done < len(data):
+        while done < total:
             chain = q.pop(mem)
             if chain is None:
                 for _ in chains:
                     q.go_back()
                 return None
-            if chain.readable:
+            descriptors = chain.descriptors
+            if not descriptors[0].writable:
                 raise ChainError(chain.head, "receive chain has device-readable buffers")
-            room = chain.writable_len
+            room = descriptors[0].length if len(descriptors) == 1 else chain.writable_len
             if not chains and room < VNET_HDR_LEN:
                 raise ChainError(chain.head, f"receive buffer of {room} bytes < header")
-            if not self.mergeable and room < len(data):
+            if not mergeable and room < total:
                 # Without mergeable buffers the frame must fit one chain: the
                 # driver sized its buffers for a smaller frame (MTU/offloads).
                 q.add_used(mem, chain.head, 0)
@@ -370,16 +375,18 @@ class VirtioNet(NetControlQueue, VirtioDevice):
                 log.warning(
                     "%s: dropped a %d-byte frame: receive buffer holds %d",
                     self.name,
-                    len(data) - VNET_HDR_LEN,
+                    total - VNET_HDR_LEN,
                     room - VNET_HDR_LEN,
                 )
                 return False
-            chains.append((chain, min(room, len(data) - done)))
-            done += chains[-1][1]
-        struct.pack_into("<H", data, NUM_BUFFERS_OFFSET, len(chains) if self.mergeable else 1)
+            n = min(room, total - done)
+            chains.append((chain, n))
+            done += n
+        struct.pack_into("<H", data, NUM_BUFFERS_OFFSET, len(chains) if mergeable else 1)
         pos = 0
+        view = memoryview(data)
         for chain, n in chains:
-            chain.write_all(mem, memoryview(data)[pos : pos + n])
+            chain.write_all(mem, view[pos : pos + n])
             q.add_used(mem, chain.head, n, publish=False)
             pos += n
         # All of the frame's buffers become used at once (§5.1.6.4.2): a driver

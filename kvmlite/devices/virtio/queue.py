@@ -102,7 +102,7 @@ class Descriptor(NamedTuple):
     writable: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class DescriptorChain:
     """A validated chain: readable buffers first, then writable ones (§2.7.4.2)."""
 
@@ -133,6 +133,12 @@ class DescriptorChain:
     def write_all(self, memory: GuestMemory, data: bytes | memoryview) -> int:
         """Scatter ``data`` over the writable buffers; return the bytes written."""
         data = memoryview(data)
+        if len(self.descriptors) == 1:  # the common receive buffer: one descriptor
+            d = self.descriptors[0]
+            n = min(d.length, len(data)) if d.writable else 0
+            if n:
+                memory.write(d.addr, data[:n])
+            return n
         done = 0
         for d in self.writable:
             if done >= len(data):
@@ -271,7 +277,10 @@ class VirtQueue:
 
     def pending(self, memory: GuestMemory) -> int:
         """How many chains the driver has made available that we have not popped."""
-        n = (self.avail_idx(memory) - self.next_avail) & 0xFFFF
+        return self._pending(self._rings(memory)[1])
+
+    def _pending(self, avail: memoryview) -> int:
+        n = (_U16.unpack_from(avail, 2)[0] - self.next_avail) & 0xFFFF
         if n > self.size:
             raise QueueError(f"avail idx is {n} entries ahead of a queue of {self.size}")
         return n
@@ -284,42 +293,51 @@ class VirtQueue:
         """
         if not self.ready:
             return None
-        _, avail, used = self._rings(memory)
-        if self.pending(memory) == 0:
+        table, avail, used = self._rings(memory)  # once: pop is the hot path
+        size = self.size
+        if self._pending(avail) == 0:
             if not self.event_idx:
                 return None
             # Publish "kick me after next_avail" before concluding the ring is
             # empty, then look again: a chain added in between either sees
             # our avail_event (and kicks) or is seen here (§2.7.10).
-            _U16.pack_into(used, 4 + 8 * self.size, self.next_avail)
+            _U16.pack_into(used, 4 + 8 * size, self.next_avail)
             _full_barrier()
-            if self.pending(memory) == 0:
+            if self._pending(avail) == 0:
                 return None
-        head = _U16.unpack_from(avail, 4 + 2 * (self.next_avail % self.size))[0]
+        head = _U16.unpack_from(avail, 4 + 2 * (self.next_avail % size))[0]
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         if self.event_idx:
             # Keep avail_event just past what we consumed, like QEMU's
             # virtqueue_pop: a device that never re-enables notifications
             # would otherwise stop getting kicks after the first one.
-            _U16.pack_into(used, 4 + 8 * self.size, self.next_avail)
-        if head >= self.size:
-            raise ChainError(head, f"head index {head} >= queue size {self.size}")
-        return self._walk(memory, head)
+            _U16.pack_into(used, 4 + 8 * size, self.next_avail)
+        if head >= size:
+            raise ChainError(head, f"head index {head} >= queue size {size}")
+        return self._walk(memory, head, table)
 
     def chain_at(self, memory: GuestMemory, head: int) -> DescriptorChain:
         """Re-walk the chain starting at descriptor ``head`` (restoring in-flight requests)."""
         if head >= self.size:
             raise ChainError(head, f"head index {head} >= queue size {self.size}")
-        return self._walk(memory, head)
+        return self._walk(memory, head, self._rings(memory)[0])
 
     def go_back(self) -> None:
         """Un-pop the last chain (the device could not take it now: back-pressure)."""
         self.next_avail = (self.next_avail - 1) & 0xFFFF
 
-    def _walk(self, memory: GuestMemory, head: int) -> DescriptorChain:
+    def _walk(self, memory: GuestMemory, head: int, table: memoryview) -> DescriptorChain:
+        addr, length, flags, _ = _DESC.unpack_from(table, DESC_SIZE * head)
+        if not flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT):
+            # One direct descriptor: what virtio-net receive buffers and many
+            # other chains are. The same checks as below, without the loop.
+            if length and not memory.contains(addr, length):
+                raise ChainError(head, f"buffer {addr:#x}+{length:#x} is outside guest RAM")
+            return DescriptorChain(
+                head, [Descriptor(addr, length, bool(flags & VIRTQ_DESC_F_WRITE))]
+            )
         chain = DescriptorChain(head)
         append = chain.descriptors.append
-        table = self._rings(memory)[0]
         table_len = self.size
         index = head
         in_indirect = False
