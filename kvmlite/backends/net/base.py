@@ -25,6 +25,32 @@ A backend is small so the VMM's epoll loop can drive any of them the same way:
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+B = TypeVar("B", bound="NetBackend")
+
+
+def locked(method: Callable[Concatenate[B, P], R]) -> Callable[Concatenate[B, P], R]:
+    """Run a backend method under ``self._lock``.
+
+    The device sends on whichever thread kicked the transmit queue (a vCPU
+    thread for a notify write without an ioeventfd) while the I/O loop reads,
+    flushes and services the same fd: one lock keeps a backend's buffers and
+    its epoll registration consistent.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: B, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
 
 class NetBackend:
     """Base class with the do-nothing parts of the interface."""
@@ -33,6 +59,8 @@ class NetBackend:
     vnet_hdr: bool = False
     #: True once the peer went away for good; the loop stops watching the fd.
     closed: bool = False
+    #: Taken by the methods decorated with ``locked``.
+    _lock: threading.RLock
 
     def send(self, frame: bytes) -> None:
         raise NotImplementedError

@@ -30,7 +30,6 @@ the connection is closed with one log line.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import select
@@ -38,10 +37,8 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
 
-from kvmlite.backends.net.base import NetBackend
+from kvmlite.backends.net.base import NetBackend, locked
 from kvmlite.errors import ConfigError
 
 log = logging.getLogger("kvmlite.backends.net")
@@ -54,23 +51,6 @@ MAX_FRAME_LEN = 65535 + 18
 MAX_BUFFERED = 256 * 1024
 #: Bytes read per ``recv_frames`` call, so one busy peer cannot starve the loop.
 READ_BUDGET = 256 * 1024
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _locked(
-    method: Callable[Concatenate[StreamSocketBackend, P], R],
-) -> Callable[Concatenate[StreamSocketBackend, P], R]:
-    # The device sends on whichever thread kicked the transmit queue (a vCPU
-    # thread for a notify write without an ioeventfd) while the I/O loop
-    # services the same socket: one lock keeps the buffers consistent.
-    @functools.wraps(method)
-    def wrapper(self: StreamSocketBackend, *args: P.args, **kwargs: P.kwargs) -> R:
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 class StreamSocketBackend(NetBackend):
@@ -200,14 +180,14 @@ class StreamSocketBackend(NetBackend):
     def fileno(self) -> int:
         return self._epoll.fileno()
 
-    @_locked
+    @locked
     def set_reading(self, on: bool) -> None:
         """Whether incoming frames make ``fileno()`` readable (off while the guest is full)."""
         if on != self._reading:
             self._reading = on
             self._update_events()
 
-    @_locked
+    @locked
     def service(self) -> None:
         """Accept a waiting peer and write buffered output; never blocks."""
         if self._listener is not None:
@@ -232,7 +212,7 @@ class StreamSocketBackend(NetBackend):
             log.info("%s: peer connected", self.name)
             self._attach(sock)
 
-    @_locked
+    @locked
     def send(self, frame: bytes) -> None:
         if self._conn is None or self._tx_dead:
             # No cable plugged in: a NIC's frames go nowhere (counted, like ifconfig's drops).
@@ -253,7 +233,7 @@ class StreamSocketBackend(NetBackend):
     def wants_write(self) -> bool:
         return bool(self._out)
 
-    @_locked
+    @locked
     def flush(self) -> None:
         if self._conn is None:
             return
@@ -276,7 +256,7 @@ class StreamSocketBackend(NetBackend):
         if had != bool(self._out) or self._out:
             self._update_events()
 
-    @_locked
+    @locked
     def recv_frames(self) -> list[bytes]:
         if self._listener is not None:
             self._accept()
@@ -323,7 +303,7 @@ class StreamSocketBackend(NetBackend):
         self.rx_frames += len(frames)
         return frames
 
-    @_locked
+    @locked
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

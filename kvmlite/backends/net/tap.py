@@ -32,15 +32,12 @@ from __future__ import annotations
 import collections
 import errno
 import fcntl
-import functools
 import logging
 import os
 import select
 import threading
-from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
 
-from kvmlite.backends.net.base import NetBackend
+from kvmlite.backends.net.base import NetBackend, locked
 from kvmlite.backends.net.tap_open import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -85,23 +82,6 @@ OFFLOAD_MAP = (
     (VIRTIO_NET_F_GUEST_ECN, TUN_F_TSO_ECN),
     (VIRTIO_NET_F_GUEST_UFO, TUN_F_UFO),
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _locked(
-    method: Callable[Concatenate[TapBackend, P], R],
-) -> Callable[Concatenate[TapBackend, P], R]:
-    # The device sends on whichever thread kicked the transmit queue while the
-    # I/O loop reads and flushes the same fd: one lock keeps the queue and the
-    # epoll registration consistent.
-    @functools.wraps(method)
-    def wrapper(self: TapBackend, *args: P.args, **kwargs: P.kwargs) -> R:
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 def tun_offloads(features: int) -> int:
@@ -233,14 +213,14 @@ class TapBackend(NetBackend):
         """The tap queue's own fd (for tests and diagnostics; the loop watches ``fileno()``)."""
         return self._fd
 
-    @_locked
+    @locked
     def set_reading(self, on: bool) -> None:
         """Whether incoming frames make ``fileno()`` readable (off while the guest is full)."""
         if on != self._reading:
             self._reading = on
             self._update_events()
 
-    @_locked
+    @locked
     def set_offloads(self, features: int) -> None:
         """Let the tap hand us the offloaded frames the guest accepted (TUNSETOFFLOAD)."""
         if not self.vnet_hdr or self._fd < 0:
@@ -258,13 +238,13 @@ class TapBackend(NetBackend):
                     pass
             self._log_once("offload", "TUNSETOFFLOAD %#x failed: %s", flags, e.strerror)
 
-    @_locked
+    @locked
     def service(self) -> None:
         """Write frames the tap refused earlier with EAGAIN; never blocks."""
         if self._out:
             self.flush()
 
-    @_locked
+    @locked
     def send(self, frame: bytes) -> None:
         if self.closed or self._fd < 0:
             self.tx_dropped += 1
@@ -282,7 +262,7 @@ class TapBackend(NetBackend):
     def wants_write(self) -> bool:
         return bool(self._out)
 
-    @_locked
+    @locked
     def flush(self) -> None:
         had = bool(self._out)
         while self._out and self._fd >= 0 and not self.closed:
@@ -305,7 +285,7 @@ class TapBackend(NetBackend):
         if had != bool(self._out) or self._out:
             self._update_events()
 
-    @_locked
+    @locked
     def recv_frames(self) -> list[bytes]:
         frames: list[bytes] = []
         if self._fd < 0 or self.closed:
@@ -336,7 +316,7 @@ class TapBackend(NetBackend):
         self.rx_frames += len(frames)
         return frames
 
-    @_locked
+    @locked
     def close(self) -> None:
         if self._fd >= 0:
             self._group.queue_closing()
