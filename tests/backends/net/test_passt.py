@@ -16,14 +16,12 @@ import logging
 import os
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -33,15 +31,29 @@ from kvmlite.devices.virtio.net import VirtioNet
 from kvmlite.devices.virtio.net_spec import VNET_HDR_LEN
 from kvmlite.errors import ConfigError
 from kvmlite.testing import attach_drivers, bytearray_memory
+from kvmlite.testing.frames import (
+    ACK,
+    BROADCAST,
+    ETH_P_IP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    SYN,
+    Tcp,
+    arp_request,
+    dhcp_discover,
+    dhcp_options,
+    eth,
+    ip4,
+    ipv4,
+    ipv4_of,
+    parse_tcp,
+    tcp,
+)
 
 GUEST_MAC = bytes.fromhex("525400123456")
-BROADCAST = b"\xff" * 6
 GUEST_IP = "10.9.0.2"  # what passt copies from the namespace's veth
 GATEWAY = "10.9.0.1"
 DNS = "10.9.0.53"  # given with -D so the test does not depend on /etc/resolv.conf
-ETH_IP, ETH_ARP = 0x0800, 0x0806
-PROTO_TCP, PROTO_UDP = 6, 17
-SYN, ACK, PSH, RST = 0x02, 0x10, 0x08, 0x04
 
 _names = itertools.count()
 
@@ -49,105 +61,33 @@ _names = itertools.count()
 # -- frames -----------------------------------------------------------------------------------
 
 
-def ip4(a: str) -> bytes:
-    return socket.inet_aton(a)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def eth(dst: bytes, etype: int, payload: bytes, src: bytes = GUEST_MAC) -> bytes:
-    return dst + src + struct.pack(">H", etype) + payload
-
-
-def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    hdr = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
-                      ip4(src), ip4(dst))  # fmt: skip
-    return hdr[:10] + struct.pack(">H", checksum(hdr)) + hdr[12:] + payload
-
-
-def udp(sport: int, dport: int, payload: bytes) -> bytes:
-    return struct.pack(">HHHH", sport, dport, 8 + len(payload), 0) + payload  # no checksum (v4)
-
-
-def tcp(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
-    hdr = struct.pack(">HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
-    pseudo = ip4(src) + ip4(dst) + struct.pack(">BBH", 0, PROTO_TCP, len(hdr))
-    return hdr[:16] + struct.pack(">H", checksum(pseudo + hdr)) + hdr[18:]
-
-
 def to_gateway(mac: bytes, segment: bytes) -> bytes:
-    return eth(mac, ETH_IP, ipv4(GUEST_IP, GATEWAY, PROTO_TCP, segment))
+    packet = ipv4(GUEST_IP, GATEWAY, IPPROTO_TCP, segment, ident=1, dont_fragment=True)
+    return eth(mac, GUEST_MAC, ETH_P_IP, packet)
 
 
-def arp_request(target: str) -> bytes:
-    body = struct.pack(">HHBBH6s4s6s4s", 1, ETH_IP, 6, 4, 1, GUEST_MAC, ip4(GUEST_IP),
-                       bytes(6), ip4(target))  # fmt: skip
-    return eth(BROADCAST, ETH_ARP, body)
+def to_gateway_tcp(mac: bytes, seq: int, ack: int, flags: int) -> bytes:
+    return to_gateway(mac, tcp(GUEST_IP, GATEWAY, 40000, 8080, seq, ack, flags))
 
 
-def dhcp_discover(xid: int) -> bytes:
-    bootp = struct.pack(">BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4),
-                        bytes(4), bytes(4), bytes(4), GUEST_MAC, b"", b"")  # fmt: skip
-    options = bytes([53, 1, 1, 55, 3, 1, 3, 6, 255])
-    msg = (bootp + b"\x63\x82\x53\x63" + options).ljust(300, b"\0")
-    return eth(BROADCAST, ETH_IP, ipv4("0.0.0.0", "255.255.255.255", PROTO_UDP, udp(68, 67, msg)))
+def arp_for(target: str) -> bytes:
+    return arp_request(GUEST_MAC, GUEST_IP, target)
 
 
-@dataclass
-class Ip:
-    src: str
-    dst: str
-    proto: int
-    payload: bytes
+def tcp_of(frame: bytes) -> Tcp | None:
+    """The TCP segment an IPv4 frame carries, or None."""
+    p = ipv4_of(frame)
+    return parse_tcp(p.payload) if p is not None and p.proto == IPPROTO_TCP else None
 
 
-def parse_ipv4(frame: bytes) -> Ip | None:
-    if len(frame) < 34 or struct.unpack_from(">H", frame, 12)[0] != ETH_IP:
-        return None
-    ihl = (frame[14] & 15) * 4
-    total = struct.unpack_from(">H", frame, 16)[0]
-    return Ip(
-        socket.inet_ntoa(frame[26:30]),
-        socket.inet_ntoa(frame[30:34]),
-        frame[23],
-        frame[14 + ihl : 14 + total],
-    )
-
-
-def dhcp_options(bootp: bytes) -> dict[int, bytes]:
-    assert bootp[236:240] == b"\x63\x82\x53\x63", "no DHCP magic cookie"
-    opts: dict[int, bytes] = {}
-    pos = 240
-    while pos < len(bootp) and bootp[pos] != 255:
-        if bootp[pos] == 0:
-            pos += 1
-            continue
-        code, n = bootp[pos], bootp[pos + 1]
-        opts[code] = bootp[pos + 2 : pos + 2 + n]
-        pos += 2 + n
-    return opts
-
-
-@dataclass
-class Tcp:
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    data: bytes
-
-
-def parse_tcp(payload: bytes) -> Tcp:
-    sport, dport, seq, ack, off, flags = struct.unpack_from(">HHIIBB", payload)
-    return Tcp(sport, dport, seq, ack, flags, payload[(off >> 4) * 4 :])
+def offer_options(frame: bytes) -> tuple[bytes, dict[int, bytes]]:
+    """The BOOTP message of a DHCP frame from passt, and its options."""
+    p = ipv4_of(frame)
+    assert p is not None and p.proto == IPPROTO_UDP
+    bootp = p.payload[8:]
+    opts = dhcp_options(bootp)
+    assert opts is not None, "no DHCP magic cookie"
+    return bootp, opts
 
 
 # -- the rig ----------------------------------------------------------------------------------
@@ -223,7 +163,7 @@ def run_in_ns(ns: str, code: str) -> subprocess.Popen[str]:
 
 def passt_mac(b: PasstBackend) -> bytes:
     """passt's own MAC, learned the way a guest learns it: ARP for the gateway."""
-    b.send(arp_request(GATEWAY))
+    b.send(arp_for(GATEWAY))
     reply = wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
     return reply[22:28]
 
@@ -233,19 +173,18 @@ def passt_mac(b: PasstBackend) -> bytes:
 
 def test_dhcp_offer_carries_address_router_dns(start: Callable[..., PasstBackend]) -> None:
     b = start()
-    b.send(dhcp_discover(0x1234ABCD))
+    b.send(dhcp_discover(GUEST_MAC, 0x1234ABCD))
 
     def is_offer(f: bytes) -> bool:
-        p = parse_ipv4(f)
-        return p is not None and p.proto == PROTO_UDP and p.payload[:4] == b"\x00\x43\x00\x44"
+        p = ipv4_of(f)
+        return p is not None and p.proto == IPPROTO_UDP and p.payload[:4] == b"\x00\x43\x00\x44"
 
     offer = wait_frame(b, is_offer)
-    bootp = parse_ipv4(offer).payload[8:]  # type: ignore[union-attr]
+    bootp, opts = offer_options(offer)
     assert bootp[0] == 2  # BOOTREPLY
     assert struct.unpack_from(">I", bootp, 4)[0] == 0x1234ABCD
     assert bootp[28:34] == GUEST_MAC
-    assert socket.inet_ntoa(bootp[16:20]) == GUEST_IP  # yiaddr
-    opts = dhcp_options(bootp)
+    assert bootp[16:20] == ip4(GUEST_IP)  # yiaddr
     assert opts[53] == b"\x02"  # DHCPOFFER
     assert opts[1] == ip4("255.255.255.0")
     assert opts[3] == ip4(GATEWAY)
@@ -255,10 +194,10 @@ def test_dhcp_offer_carries_address_router_dns(start: Callable[..., PasstBackend
 
 def test_arp_for_the_gateway_is_answered(start: Callable[..., PasstBackend]) -> None:
     b = start()
-    b.send(arp_request(GATEWAY))
+    b.send(arp_for(GATEWAY))
     reply = wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
     htype, ptype, hlen, plen, op = struct.unpack_from(">HHBBH", reply, 14)
-    assert (htype, ptype, hlen, plen, op) == (1, ETH_IP, 6, 4, 2)
+    assert (htype, ptype, hlen, plen, op) == (1, ETH_P_IP, 6, 4, 2)
     sha, spa, tha, tpa = reply[22:28], reply[28:32], reply[32:38], reply[38:42]
     assert spa == ip4(GATEWAY) and tha == GUEST_MAC and tpa == ip4(GUEST_IP)
     assert reply[0:6] == GUEST_MAC and reply[6:12] == sha
@@ -269,7 +208,7 @@ def test_hostfwd_connect_reaches_the_guest_port_as_a_syn(
     start: Callable[..., PasstBackend], netns: str
 ) -> None:
     b = start("tcp::2222-:22")
-    b.send(arp_request(GATEWAY))  # passt learns the guest's MAC from what it sends
+    b.send(arp_for(GATEWAY))  # passt learns the guest's MAC from what it sends
     wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
     client = run_in_ns(
         netns,
@@ -283,17 +222,16 @@ def test_hostfwd_connect_reaches_the_guest_port_as_a_syn(
     try:
 
         def is_syn(f: bytes) -> bool:
-            p = parse_ipv4(f)
-            return p is not None and p.proto == PROTO_TCP and parse_tcp(p.payload).flags & SYN > 0
+            seg = tcp_of(f)
+            return seg is not None and seg.flags & SYN > 0
 
         syn = wait_frame(b, is_syn)
-        p = parse_ipv4(syn)
-        assert p is not None
-        seg = parse_tcp(p.payload)
+        p, seg = ipv4_of(syn), tcp_of(syn)
+        assert p is not None and seg is not None
         assert seg.dport == 22 and seg.flags & (SYN | ACK) == SYN
         assert syn[0:6] == GUEST_MAC
-        assert p.dst == GUEST_IP
-        assert p.src == GATEWAY  # a loopback source is shown to the guest as the gateway
+        assert p.dst == ip4(GUEST_IP)
+        assert p.src == ip4(GATEWAY)  # a loopback source is shown to the guest as the gateway
     finally:
         client.kill()
         client.wait()
@@ -324,29 +262,26 @@ def test_guest_tcp_to_the_gateway_reaches_a_host_loopback_server(
 
         def from_server(flags: int) -> Callable[[bytes], bool]:
             def want(f: bytes) -> bool:
-                p = parse_ipv4(f)
-                if p is None or p.proto != PROTO_TCP:
+                seg = tcp_of(f)
+                if seg is None:
                     return False
-                seg = parse_tcp(p.payload)
                 return seg.sport == 8080 and seg.dport == 40000 and seg.flags & flags == flags
 
             return want
 
-        b.send(to_gateway(mac, tcp(GUEST_IP, GATEWAY, 40000, 8080, isn, 0, SYN)))
+        b.send(to_gateway_tcp(mac, isn, 0, SYN))
         synack = wait_frame(b, from_server(SYN | ACK))
-        p = parse_ipv4(synack)
-        assert p is not None and p.src == GATEWAY and p.dst == GUEST_IP
-        seg = parse_tcp(p.payload)
-        assert seg.ack == isn + 1
-        b.send(to_gateway(mac, tcp(GUEST_IP, GATEWAY, 40000, 8080, isn + 1, seg.seq + 1, ACK)))
+        p, seg = ipv4_of(synack), tcp_of(synack)
+        assert p is not None and p.src == ip4(GATEWAY) and p.dst == ip4(GUEST_IP)
+        assert seg is not None and seg.ack == isn + 1
+        b.send(to_gateway_tcp(mac, isn + 1, seg.seq + 1, ACK))
 
         def with_data(f: bytes) -> bool:
-            p = parse_ipv4(f)
-            return from_server(0)(f) and p is not None and bool(parse_tcp(p.payload).data)
+            seg = tcp_of(f)
+            return from_server(0)(f) and seg is not None and bool(seg.payload)
 
-        data = wait_frame(b, with_data)
-        p = parse_ipv4(data)
-        assert p is not None and parse_tcp(p.payload).data == b"hello from the host"
+        data = tcp_of(wait_frame(b, with_data))
+        assert data is not None and data.payload == b"hello from the host"
     finally:
         server.kill()
         server.wait()
@@ -368,7 +303,7 @@ def test_passt_killed_under_the_backend(
     assert errors[0].levelno == logging.ERROR
     assert "passt stopped (killed by SIGKILL" in msg and "last message" in msg
     assert b.proc.returncode == -signal.SIGKILL  # reaped, no zombie left
-    b.send(arp_request(GATEWAY))  # a guest that keeps sending is no error
+    b.send(arp_for(GATEWAY))  # a guest that keeps sending is no error
     assert b.tx_dropped == 1
     b.close()
     b.close()
@@ -452,7 +387,7 @@ def test_no_default_route_is_a_clear_error_and_i_g_fix_it(netns: str) -> None:
     assert "-i IFACE -g GATEWAY" in str(e.value)
     b = PasstBackend.start(command_prefix=in_ns(netns), extra_args=("-i", "v0", "-g", GATEWAY))
     try:
-        b.send(arp_request(GATEWAY))
+        b.send(arp_for(GATEWAY))
         wait_frame(b, lambda f: f[12:14] == b"\x08\x06")
     finally:
         b.close()
@@ -487,19 +422,19 @@ def test_a_virtio_net_guest_gets_its_dhcp_offer_and_survives_passt_dying(
 
     for _ in range(8):
         rx.add_chain([], [2048])
-    tx.add_chain([bytes(VNET_HDR_LEN), dhcp_discover(77)])
+    tx.add_chain([bytes(VNET_HDR_LEN), dhcp_discover(GUEST_MAC, 77)])
     tx.kick()
     assert len(tx.get_used()) == 1
     frames = loop(1.0)
-    offers = [f for f in frames if (p := parse_ipv4(f)) is not None and p.proto == PROTO_UDP]
+    offers = [f for f in frames if (p := ipv4_of(f)) is not None and p.proto == IPPROTO_UDP]
     assert len(offers) == 1
-    bootp = parse_ipv4(offers[0]).payload[8:]  # type: ignore[union-attr]
-    assert dhcp_options(bootp)[53] == b"\x02" and bootp[16:20] == ip4(GUEST_IP)
+    bootp, opts = offer_options(offers[0])
+    assert opts[53] == b"\x02" and bootp[16:20] == ip4(GUEST_IP)
 
     os.kill(b.pid, signal.SIGKILL)
     caplog.set_level(logging.ERROR, logger="kvmlite.backends.net")
     assert loop(5.0) == [] and b.closed  # the loop ends on its own: no exception
     assert "passt stopped (killed by SIGKILL" in caplog.text
-    tx.add_chain([bytes(VNET_HDR_LEN), arp_request(GATEWAY)])
+    tx.add_chain([bytes(VNET_HDR_LEN), arp_for(GATEWAY)])
     tx.kick()  # the device still completes the guest's transmits (dropped, counted)
     assert len(tx.get_used()) == 1 and b.tx_dropped == 1

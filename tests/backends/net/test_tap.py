@@ -19,11 +19,8 @@ from test_tap_netns import (
     PEER_IP,
     PEER_MAC,
     NetNs,
-    Responder,
-    checksum,
-    ipv4,
     netns_scope,
-    tcp,
+    peer,
 )
 
 from kvmlite.backends.net.tap import READ_FRAMES, TapBackend
@@ -37,6 +34,7 @@ from kvmlite.devices.virtio.net_spec import (
     VNET_HDR_LEN,
 )
 from kvmlite.testing import attach_drivers, bytearray_memory
+from kvmlite.testing.frames import ACK, PSH, SYN, Responder, checksum, ipv4, pseudo_header, tcp
 
 HDR = struct.Struct("<BBHHHHH")  # virtio_net_hdr_v1
 _ns = pytest.fixture(netns_scope, name="netns")
@@ -73,7 +71,7 @@ def test_kernel_pings_a_peer_behind_the_tap(netns: NetNs) -> None:
     [b] = open_up(netns, "kvlt0", vnet_hdr=False)
     try:
         assert not b.vnet_hdr and b.ifname == "kvlt0"
-        r = Responder()
+        r = peer()
         p = ping(netns, b, r)
         out = p.stdout.read() if p.stdout else ""
         assert p.returncode == 0 and "1 received" in out, out
@@ -87,7 +85,7 @@ def test_ping_with_vnet_header_and_a_kernel_chosen_name(netns: NetNs) -> None:
     try:
         assert b.vnet_hdr and b.ifname.startswith("tap")
         netns.up(b.ifname)
-        r = Responder(hdr_len=VNET_HDR_LEN)
+        r = peer(VNET_HDR_LEN)
         assert ping(netns, b, r).returncode == 0
         assert r.answered == ["arp", "ping"]
     finally:
@@ -101,7 +99,7 @@ def tcp_frames(ns: NetNs, features: int) -> list[tuple[tuple[int, ...], bytes]]:
     sock = ns.run(socket.socket)
     try:
         b.set_offloads(features)
-        r = Responder(hdr_len=VNET_HDR_LEN)
+        r = peer(VNET_HDR_LEN)
         sock.setblocking(False)
         sock.connect_ex(("10.0.0.2", 5001))
         sent = False
@@ -146,7 +144,7 @@ def test_without_offloads_frames_are_mtu_sized_and_checksummed(netns: NetNs) -> 
         assert len(f) <= 1514 and gso_type == VIRTIO_NET_HDR_GSO_NONE and flags == 0
         ip_len = struct.unpack("!H", f[16:18])[0]
         seg = f[34 : 14 + ip_len]
-        pseudo = f[26:34] + struct.pack("!BBH", 0, 6, len(seg))
+        pseudo = pseudo_header(f[26:30], f[30:34], 6, len(seg))
         assert checksum(pseudo + seg) == 0  # the kernel finished the checksum
 
 
@@ -244,7 +242,7 @@ def test_virtio_net_device_over_a_tap_answers_ping(netns: NetNs) -> None:
     dev.rx_ready_handler = lambda pair: b.set_reading(True)
     drivers, _, _ = attach_drivers(dev, bytearray_memory(2 << 20))
     rx, tx = drivers[0], drivers[1]
-    guest = Responder(hdr_len=VNET_HDR_LEN)
+    guest = peer(VNET_HDR_LEN)
     try:
         rx_before = netns.stat("kvlvn0", "rx_packets")
         for _ in range(16):
@@ -317,7 +315,7 @@ def test_guest_tso_frame_reaches_a_host_socket(netns: NetNs) -> None:
             b.send(hdr + eth + ipv4(PEER_IP, HOST_IP, 6, seg))
             assert b.tx_dropped == 0
 
-        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 100, 0, 0x02))
+        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 100, 0, SYN, mss=1460))
         synack = None
         deadline = time.monotonic() + 3
         while synack is None and time.monotonic() < deadline:
@@ -327,12 +325,12 @@ def test_guest_tso_frame_reaches_a_host_socket(netns: NetNs) -> None:
                     if body[23:24] == b"\x06" and body[47] == 0x12:  # SYN|ACK
                         synack = struct.unpack("!I", body[38:42])[0]
         assert synack is not None
-        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, 0x10))
+        to_host(tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, ACK))
         listener.settimeout(3)
         conn, _ = listener.accept()
         data = bytes(range(256)) * 78 + bytes(32)  # 20 000 bytes: 14 segments of 1448
-        seg = tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, 0x18, data)
-        pseudo_sum = ~checksum(PEER_IP + HOST_IP + struct.pack("!BBH", 0, 6, len(seg))) & 0xFFFF
+        seg = tcp(PEER_IP, HOST_IP, 40000, 5002, 101, synack + 1, PSH | ACK, data)
+        pseudo_sum = ~checksum(pseudo_header(PEER_IP, HOST_IP, 6, len(seg))) & 0xFFFF
         seg = seg[:16] + struct.pack("!H", pseudo_sum) + seg[18:]  # partial, as a guest sends it
         gso = HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 54, 1448, 34, 16, 0)
         to_host(seg, gso)
