@@ -2,7 +2,7 @@
 
 Two QEMU -accel tcg guests run side by side in one run, the same kernel and busybox
 initramfs (tests/vhost_user/qemu_rig.py), each with a virtio-net-pci NIC on a tap of
-its own inside a network namespace made for the run (tests/vhost_user/netns.py):
+its own inside a network namespace made for the run (kvmlite.testing.netns):
 
 - kvmlite: ``-netdev vhost-user`` whose rings ``kvmlite serve net tap,ifname=kb0``
   serves (the tap opened with IFF_VNET_HDR and the offloads the guest negotiates);
@@ -52,7 +52,7 @@ def rows() -> list[Row]:
     if os.geteuid() != 0:
         raise Skip("needs root (CAP_NET_ADMIN) for a network namespace with taps")
     # The rig and the namespace helper are shared with the tests (tests/vhost_user).
-    from tests.vhost_user.netns import NetNs, TcpPeer
+    from kvmlite.testing.netns import NetNs
     from tests.vhost_user.qemu_rig import (
         boot,
         build_net_guest,
@@ -61,6 +61,7 @@ def rows() -> list[Row]:
         stop_all,
         vhost_user_nic,
     )
+    from tests.vhost_user.tcp_peer import TcpPeer
 
     print(f"bench_net: before: {_load()}", file=sys.stderr)
     procs: list = []

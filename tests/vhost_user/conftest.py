@@ -1,4 +1,5 @@
-"""Fixtures: a vhost-user back-end serving a device on a thread, stopped after the test."""
+"""Fixtures: a vhost-user back-end serving a device on a thread, stopped after the test;
+``netns``, a network namespace deleted after the test (kvmlite.testing.netns)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 
 from kvmlite.backends.block import open_image
 from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock
+from kvmlite.testing.netns import netns_scope
 from kvmlite.vhost_user.backend import VhostUserBackend
 
 DISK_SIZE = 1 << 20
+
+netns = pytest.fixture(netns_scope, name="netns")
 
 
 class Served:

@@ -39,8 +39,7 @@ from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT, default_guest
 from kvmlite.guestimage.cpio import NewcWriter
 from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
-
-from .netns import NetNs
+from kvmlite.testing.netns import NetNs
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 128

@@ -9,21 +9,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import netns as netns_module
-from . import qemu_rig
-from .netns import NetNs, need_root
+from kvmlite.testing.netns import NetNs
+
+from . import qemu_rig, test_qemu_net_tap
 from .qemu_rig import NetGuest, boot, serve_net, vhost_user_nic
-from .test_qemu_net_tap import MAC, PEER_IP, TAP, tap_network
+from .test_qemu_net_tap import MAC, PEER_IP, TAP
 
 # Fixtures shared with the other networking tests.
 procs = qemu_rig.procs
 net_guest = qemu_rig.net_guest
-netns = netns_module.netns
+network = test_qemu_net_tap.network  # the tap bridged to a peer namespace
 
 
 def refused(sock: Path, spec: str, ns: NetNs | None = None, **env: str) -> str:
@@ -40,14 +39,6 @@ def refused(sock: Path, spec: str, ns: NetNs | None = None, **env: str) -> str:
     assert "Traceback" not in r.stderr, r.stderr
     assert not sock.exists(), f"{spec}: the socket was made anyway"
     return r.stderr
-
-
-@pytest.fixture
-def network() -> Iterator[tuple[NetNs, NetNs]]:
-    need_root()
-    with NetNs() as switch, NetNs() as peer:
-        tap_network(switch, peer)
-        yield switch, peer
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """A Linux guest on a tap served by ``kvmlite serve net tap``: ping and TCP both ways.
 
-The network, all inside namespaces the test makes (netns.py)::
+The network, all inside namespaces the test makes (kvmlite.testing.netns)::
 
     guest eth0 (10.77.0.2) -- QEMU vhost-user -- kvmlite serve net tap,ifname=kt0
         kt0 -- br0 -- vb   [namespace "switch"]
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from . import netns as netns_module
+from kvmlite.testing.netns import NetNs, need_root
+
 from . import qemu_rig
-from .netns import NetNs, TcpPeer, need_root
 from .qemu_rig import GuestShell, NetGuest, boot, qemu_nic, serve_net, vhost_user_nic
+from .tcp_peer import TcpPeer
 
 # Fixtures shared with the other networking tests.
 procs = qemu_rig.procs
 net_guest = qemu_rig.net_guest
-netns = netns_module.netns
 
 pytestmark = pytest.mark.slow
 

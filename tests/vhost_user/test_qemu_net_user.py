@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from . import netns as netns_module
+from kvmlite.testing.netns import NetNs
+
 from . import qemu_rig
-from .netns import NetNs
 from .qemu_rig import GuestShell, NetGuest, boot, serve_net, vhost_user_nic
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.slow
 # Fixtures shared with the other networking tests.
 procs = qemu_rig.procs
 net_guest = qemu_rig.net_guest
-netns = netns_module.netns
 
 HOST_IP = "10.88.0.2"
 GATEWAY = "10.88.0.1"

@@ -11,7 +11,6 @@ see them.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import select
@@ -49,13 +48,12 @@ from kvmlite.testing.frames import (
     parse_tcp,
     tcp,
 )
+from kvmlite.testing.netns import NetNs, need_root
 
 GUEST_MAC = bytes.fromhex("525400123456")
 GUEST_IP = "10.9.0.2"  # what passt copies from the namespace's veth
 GATEWAY = "10.9.0.1"
 DNS = "10.9.0.53"  # given with -D so the test does not depend on /etc/resolv.conf
-
-_names = itertools.count()
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -94,36 +92,22 @@ def offer_options(frame: bytes) -> tuple[bytes, dict[int, bytes]]:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
+def netns() -> Iterator[NetNs]:
     """A namespace like a host on 10.9.0.0/24 with a default route; deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) to create a network namespace")
-    name = f"kvlpasst{os.getpid()}n{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for cmd in (
-            "link set lo up",
-            "link add v0 type veth peer name v1",
-            f"addr add {GUEST_IP}/24 dev v0",
-            "link set v0 up",
-            "link set v1 up",
-            f"route add default via {GATEWAY}",
-        ):
-            subprocess.run(["ip", "-n", name, *cmd.split()], check=True)
-        yield name
-    finally:
-        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                  text=True).stdout.split():  # fmt: skip
-            os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", name], check=True)
+    need_root()
+    with NetNs() as ns:
+        ns.add_veth("v0", "v1")
+        ns.address("v0", f"{GUEST_IP}/24")
+        ns.ip("route", "add", "default", "via", GATEWAY)
+        yield ns
 
 
-def in_ns(ns: str) -> tuple[str, ...]:
-    return ("ip", "netns", "exec", ns)
+def in_ns(ns: NetNs) -> tuple[str, ...]:
+    return tuple(ns.argv([]))
 
 
 @pytest.fixture
-def start(netns: str) -> Iterator[Callable[..., PasstBackend]]:
+def start(netns: NetNs) -> Iterator[Callable[..., PasstBackend]]:
     started: list[PasstBackend] = []
 
     def _start(*rules: str, extra: tuple[str, ...] = ()) -> PasstBackend:
@@ -156,7 +140,7 @@ def wait_frame(b: PasstBackend, want: Callable[[bytes], bool], timeout: float = 
     raise AssertionError(f"no such frame from passt within {timeout} s ({seen} others)")
 
 
-def run_in_ns(ns: str, code: str) -> subprocess.Popen[str]:
+def run_in_ns(ns: NetNs, code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*in_ns(ns), sys.executable, "-c", textwrap.dedent(code)],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -205,7 +189,7 @@ def test_arp_for_the_gateway_is_answered(start: Callable[..., PasstBackend]) -> 
 
 
 def test_hostfwd_connect_reaches_the_guest_port_as_a_syn(
-    start: Callable[..., PasstBackend], netns: str
+    start: Callable[..., PasstBackend], netns: NetNs
 ) -> None:
     b = start("tcp::2222-:22")
     b.send(arp_for(GATEWAY))  # passt learns the guest's MAC from what it sends
@@ -238,7 +222,7 @@ def test_hostfwd_connect_reaches_the_guest_port_as_a_syn(
 
 
 def test_guest_tcp_to_the_gateway_reaches_a_host_loopback_server(
-    start: Callable[..., PasstBackend], netns: str
+    start: Callable[..., PasstBackend], netns: NetNs
 ) -> None:
     server = run_in_ns(
         netns,
@@ -320,7 +304,7 @@ def test_close_stops_passt_and_is_idempotent(start: Callable[..., PasstBackend])
     assert b.closed
 
 
-def test_passt_exits_when_kvmlite_dies(netns: str) -> None:
+def test_passt_exits_when_kvmlite_dies(netns: NetNs) -> None:
     # A kvmlite that starts passt and is then SIGKILLed: passt must not outlive it.
     vmm = run_in_ns(
         netns,
@@ -355,7 +339,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_hostfwd_port_in_use_is_a_clear_error(netns: str) -> None:
+def test_hostfwd_port_in_use_is_a_clear_error(netns: NetNs) -> None:
     holder = run_in_ns(
         netns,
         """
@@ -379,8 +363,8 @@ def test_hostfwd_port_in_use_is_a_clear_error(netns: str) -> None:
         holder.wait()
 
 
-def test_no_default_route_is_a_clear_error_and_i_g_fix_it(netns: str) -> None:
-    subprocess.run(["ip", "-n", netns, "route", "del", "default"], check=True)
+def test_no_default_route_is_a_clear_error_and_i_g_fix_it(netns: NetNs) -> None:
+    netns.ip("route", "del", "default")
     with pytest.raises(ConfigError) as e:
         PasstBackend.start(command_prefix=in_ns(netns))
     assert "External interface not usable" in str(e.value)

@@ -18,8 +18,7 @@ from test_tap_netns import (
     HOST_IP,
     PEER_IP,
     PEER_MAC,
-    NetNs,
-    netns_scope,
+    netns_no_ipv6,
     peer,
 )
 
@@ -35,14 +34,15 @@ from kvmlite.devices.virtio.net_spec import (
 )
 from kvmlite.testing import attach_drivers, bytearray_memory
 from kvmlite.testing.frames import ACK, PSH, SYN, Responder, checksum, ipv4, pseudo_header, tcp
+from kvmlite.testing.netns import NetNs
 
 HDR = struct.Struct("<BBHHHHH")  # virtio_net_hdr_v1
-_ns = pytest.fixture(netns_scope, name="netns")
+_ns = pytest.fixture(netns_no_ipv6, name="netns")
 
 
 def open_up(ns: NetNs, ifname: str, **kw: object) -> list[TapBackend]:
     backends = ns.run(TapBackend.open, ifname, **kw)
-    ns.up(ifname)
+    ns.address(ifname, "10.0.0.1/24")
     return backends
 
 
@@ -60,7 +60,7 @@ def serve(b: TapBackend, r: Responder, until: subprocess.Popen[str], timeout: fl
 
 def ping(ns: NetNs, b: TapBackend, r: Responder) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        ns.cmd("ping", "-c1", "-W3", "10.0.0.2"), stdout=subprocess.PIPE, text=True
+        ns.argv(["ping", "-c1", "-W3", "10.0.0.2"]), stdout=subprocess.PIPE, text=True
     )
     serve(b, r, p)
     p.wait(5)
@@ -84,7 +84,7 @@ def test_ping_with_vnet_header_and_a_kernel_chosen_name(netns: NetNs) -> None:
     [b] = netns.run(TapBackend.open)
     try:
         assert b.vnet_hdr and b.ifname.startswith("tap")
-        netns.up(b.ifname)
+        netns.address(b.ifname, "10.0.0.1/24")
         r = peer(VNET_HDR_LEN)
         assert ping(netns, b, r).returncode == 0
         assert r.answered == ["arp", "ping"]
@@ -248,7 +248,7 @@ def test_virtio_net_device_over_a_tap_answers_ping(netns: NetNs) -> None:
         for _ in range(16):
             rx.add_chain([], [2048])
         rx.kick()
-        p = subprocess.Popen(netns.cmd("ping", "-c1", "-W3", "10.0.0.2"), text=True)
+        p = subprocess.Popen(netns.argv(["ping", "-c1", "-W3", "10.0.0.2"]), text=True)
         deadline = time.monotonic() + 5
         while p.poll() is None and time.monotonic() < deadline:
             if readable(b, 0.05):

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tap_netns import NetNs, netns_scope
+from test_tap_netns import netns_no_ipv6
 
 from kvmlite.backends.net import tap, tap_open
 from kvmlite.backends.net.tap import TapBackend
 from kvmlite.errors import ConfigError
+from kvmlite.testing.netns import NetNs
 
-_ns = pytest.fixture(netns_scope, name="netns")
+_ns = pytest.fixture(netns_no_ipv6, name="netns")
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
