@@ -19,10 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import Row
@@ -36,80 +34,48 @@ QSD = "qemu-storage-daemon"
 TIMEOUT_S = 180
 
 
-def _wait_socket(proc: subprocess.Popen, sock: Path, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"back-end exited {proc.returncode}: {log.read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"back-end never created {sock}")
-        time.sleep(0.05)
+def _start_backend(procs: list, kind: str, image: Path, sock: Path) -> None:
+    from tests.vhost_user.qemu_rig import serve, start_backend  # noqa: PLC0415
 
-
-def _start_backend(kind: str, image: Path, sock: Path) -> subprocess.Popen:
-    log = sock.with_suffix(".log")
     if kind == "kvmlite":
-        argv = [sys.executable, "-m", "kvmlite.serve", "blk", "--socket", str(sock), str(image)]
-    else:
-        argv = [
-            QSD,
-            "--blockdev", f"driver=file,node-name=f,filename={image}",
-            "--export",
-            f"type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={sock},writable=on",
-        ]  # fmt: skip
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
-    _wait_socket(proc, sock, log)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _guest_dd(guest, sock: Path) -> tuple[float, float]:  # noqa: ANN001
-    """Boot QEMU on ``sock``; (write seconds, read seconds) of the in-guest dd."""
-    from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT  # noqa: PLC0415
-    from kvmlite.testing.expect import Expect  # noqa: PLC0415
-
+        serve(procs, sock, "blk", str(image))
+        return
     argv = [
-        QEMU, "-accel", "tcg", "-M", "q35", "-m", "256", "-smp", "1",
-        "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-numa", "node,memdev=mem",
-        "-chardev", f"socket,id=c0,path={sock}",
-        "-device", "vhost-user-blk-pci,chardev=c0,queue-size=128,num-queues=1",
-        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-        "-no-reboot", "-kernel", str(guest.vmlinux), "-initrd", str(guest.initrd),
-        "-append", BASE_CMDLINE,
+        QSD,
+        "--blockdev", f"driver=file,node-name=f,filename={image}",
+        "--export",
+        f"type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={sock},writable=on",
     ]  # fmt: skip
-    c = Expect.spawn(argv)
-    try:
-        c.expect(re.escape(SHELL_PROMPT), timeout=TIMEOUT_S)
-        c.sendline("dmesg -n 1")  # no kernel messages between the numbers
-        times = []
-        for dd in (
-            f"dd if=/dev/zero of=/dev/vda bs={BLOCK} count={COUNT} oflag=direct",
-            f"dd if=/dev/vda of=/dev/null bs={BLOCK} count={COUNT} iflag=direct",
-        ):
-            c.sendline(f"cut -d' ' -f1 /proc/uptime; {dd} 2>/dev/null; echo RC=$?;"
-                       " cut -d' ' -f1 /proc/uptime")  # fmt: skip
-            m = c.expect(
-                rb"\n(\d+\.\d+)\r?\n(?:.*\r?\n)*?RC=(\d+)\r?\n(\d+\.\d+)\r?\n", timeout=TIMEOUT_S
-            )
-            if m.group(2) != b"0":
-                raise RuntimeError(f"guest {dd!r} failed")
-            times.append(float(m.group(3)) - float(m.group(1)))
-        c.sendline("poweroff -f")
-        c.wait_eof(timeout=60)
-        return times[0], times[1]
-    finally:
-        c.close()
+    start_backend(procs, argv, sock, seconds=30)
+
+
+def _guest_dd(procs: list, guest, sock: Path) -> tuple[float, float]:  # noqa: ANN001
+    """Boot QEMU on ``sock``; (write seconds, read seconds) of the in-guest dd."""
+    from kvmlite.guestimage import SHELL_PROMPT  # noqa: PLC0415
+    from kvmlite.testing.expect import Expect  # noqa: PLC0415
+    from tests.vhost_user.qemu_rig import qemu_argv, vhost_user_device  # noqa: PLC0415
+
+    disk = vhost_user_device(sock, "vhost-user-blk-pci,queue-size=128,num-queues=1")
+    c = Expect.spawn(qemu_argv(guest, disk, memory_mb=256, append=""))
+    procs.append(c)
+    c.expect(re.escape(SHELL_PROMPT), timeout=TIMEOUT_S)
+    c.sendline("dmesg -n 1")  # no kernel messages between the numbers
+    times = []
+    for dd in (
+        f"dd if=/dev/zero of=/dev/vda bs={BLOCK} count={COUNT} oflag=direct",
+        f"dd if=/dev/vda of=/dev/null bs={BLOCK} count={COUNT} iflag=direct",
+    ):
+        c.sendline(f"cut -d' ' -f1 /proc/uptime; {dd} 2>/dev/null; echo RC=$?;"
+                   " cut -d' ' -f1 /proc/uptime")  # fmt: skip
+        m = c.expect(
+            rb"\n(\d+\.\d+)\r?\n(?:.*\r?\n)*?RC=(\d+)\r?\n(\d+\.\d+)\r?\n", timeout=TIMEOUT_S
+        )
+        if m.group(2) != b"0":
+            raise RuntimeError(f"guest {dd!r} failed")
+        times.append(float(m.group(3)) - float(m.group(1)))
+    c.sendline("poweroff -f")
+    c.wait_eof(timeout=60)
+    return times[0], times[1]
 
 
 def rows() -> list[Row]:
@@ -119,6 +85,7 @@ def rows() -> list[Row]:
         if shutil.which(tool) is None:
             raise Skip(f"{tool} is not installed (apt-get install {pkg})")
     from kvmlite.guestimage import default_guest  # noqa: PLC0415
+    from tests.vhost_user.qemu_rig import stop_all  # noqa: PLC0415
 
     guest = default_guest(progress=False)
     best: dict[tuple[str, str], float] = {}
@@ -129,11 +96,12 @@ def rows() -> list[Row]:
         for run in range(RUNS):
             for kind in ("kvmlite", "qsd"):
                 sock = Path(d) / f"{kind}{run}.sock"
-                proc = _start_backend(kind, image, sock)
+                procs: list = []  # the back-end, then QEMU: stopped in reverse order
                 try:
-                    w, r = _guest_dd(guest, sock)
+                    _start_backend(procs, kind, image, sock)
+                    w, r = _guest_dd(procs, guest, sock)
                 finally:
-                    _stop(proc)
+                    stop_all(procs)
                 print(f"  {kind}: write {w:.2f} s, read {r:.2f} s", file=sys.stderr)
                 for op, t in (("write", w), ("read", r)):
                     best[kind, op] = min(t, best.get((kind, op), float("inf")))

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -126,25 +127,47 @@ def stop_all(started: list) -> None:
                 p.wait(10)
 
 
-def serve_net(
-    procs: list, sock: Path, spec: str, netns: NetNs | None = None, *extra: str
+def start_backend(
+    procs: list, argv: Sequence[str], sock: Path, seconds: float = 20
 ) -> subprocess.Popen:
-    """Start ``kvmlite serve net --socket SOCK SPEC`` (inside ``netns`` if given); its log
-    (stderr, -v) goes to SOCK with the suffix .log.  Returns once the socket exists."""
+    """Start a vhost-user back-end ``argv`` that listens on ``sock``; its output goes to SOCK
+    with the suffix .log.  Returns once the socket exists (an AssertionError with the log
+    if the back-end exits or ``seconds`` pass first)."""
     log = sock.with_suffix(".log")
-    argv = [sys.executable, "-m", "kvmlite.serve", "net", "-v", "--socket", str(sock), *extra]
-    argv.append(spec)
-    if netns is not None:
-        argv = netns.argv(argv)
     with open(log, "w") as fh:  # a file: an unread pipe could fill and stall the back-end
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=fh, stdout=fh)
     procs.append(proc)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + seconds
     while not sock.exists():
-        assert proc.poll() is None, f"kvmlite serve net exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"no socket after 20 s:\n{log.read_text()}"
+        assert proc.poll() is None, f"{argv[0]} exited {proc.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no socket after {seconds} s:\n{log.read_text()}"
         time.sleep(0.05)
     return proc
+
+
+def serve(procs: list, sock: Path, *args: str, netns: NetNs | None = None) -> subprocess.Popen:
+    """Start ``kvmlite serve ARGS -v --socket SOCK`` (inside ``netns`` if given): see
+    ``start_backend``."""
+    argv = [sys.executable, "-m", "kvmlite.serve", *args, "-v", "--socket", str(sock)]
+    return start_backend(procs, netns.argv(argv) if netns is not None else argv, sock)
+
+
+def serve_net(
+    procs: list, sock: Path, spec: str, netns: NetNs | None = None, *extra: str
+) -> subprocess.Popen:
+    """Start ``kvmlite serve net [EXTRA] SPEC`` (inside ``netns`` if given)."""
+    return serve(procs, sock, "net", *extra, spec, netns=netns)
+
+
+def vhost_user_device(sock: Path, device: str, index: int = 0) -> list[str]:
+    """QEMU options for a vhost-user ``device`` (``vhost-user-blk-pci,queue-size=128``...)
+    whose back-end listens on ``sock``."""
+    return [
+        "-chardev",
+        f"socket,id=vu{index},path={sock}",
+        "-device",
+        f"{device},chardev=vu{index}",
+    ]
 
 
 def vhost_user_nic(sock: Path, mac: str, index: int = 0, queue_pairs: int = 1) -> list[str]:
@@ -168,15 +191,34 @@ def qemu_nic(netdev: str, mac: str, index: int = 0) -> list[str]:
     ]
 
 
-def qemu_argv(guest: NetGuest, nic: Sequence[str], cpus: int = 1) -> list[str]:
+class Bootable(Protocol):
+    """A kernel and an initramfs (NetGuest, kvmlite.guestimage's DefaultGuest)."""
+
+    @property
+    def vmlinux(self) -> Path: ...
+
+    @property
+    def initrd(self) -> Path: ...
+
+
+def qemu_argv(
+    guest: Bootable,
+    devices: Sequence[str],
+    cpus: int = 1,
+    *,
+    memory_mb: int = MEMORY_MB,
+    append: str = "quiet",
+) -> list[str]:
+    """QEMU (q35, TCG) booting ``guest`` with ``devices``, its RAM a shared memfd (as
+    vhost-user requires), the serial console on stdio, ``append`` after BASE_CMDLINE."""
     return [
-        QEMU, "-accel", "tcg", "-M", "q35", "-m", str(MEMORY_MB), "-smp", str(cpus),
-        "-object", f"memory-backend-memfd,id=mem,size={MEMORY_MB}M,share=on",
+        QEMU, "-accel", "tcg", "-M", "q35", "-m", str(memory_mb), "-smp", str(cpus),
+        "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
         "-numa", "node,memdev=mem",
-        *nic,
+        *devices,
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
         "-no-reboot", "-kernel", str(guest.vmlinux), "-initrd", str(guest.initrd),
-        "-append", f"{BASE_CMDLINE} quiet",
+        "-append", f"{BASE_CMDLINE} {append}".strip(),
     ]  # fmt: skip
 
 

@@ -16,21 +16,23 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvmlite.guestimage import BASE_CMDLINE, SHELL_PROMPT, DefaultGuest, check_guest, default_guest
+from kvmlite.guestimage import DefaultGuest, check_guest, default_guest
 from kvmlite.guestimage.initramfs import build_single_init_initramfs
 from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
 
+from . import qemu_rig
+from .qemu_rig import QEMU, GuestShell, NetGuest, qemu_argv, serve, vhost_user_device
+
 pytestmark = pytest.mark.slow
 
-QEMU = "qemu-system-x86_64"
+procs = qemu_rig.procs  # shared with the other QEMU tests
+
 INIT_SOURCE = Path(__file__).parent / "guest" / "vhost_blk_init.c"
 CHUNK = 64 * 1024
 WRITE_AT = 1 << 20
@@ -62,48 +64,12 @@ def busybox_guest() -> DefaultGuest:
     return default_guest(progress=False)
 
 
-@pytest.fixture
-def procs() -> Iterator[list]:
-    started: list = []
-    yield started
-    for p in reversed(started):
-        if isinstance(p, Expect):
-            p.close()
-        elif p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-
-def serve(procs: list, sock: Path, *args: str) -> subprocess.Popen:
-    log = sock.with_suffix(".log")
-    with open(log, "w") as fh:  # a file: an unread pipe could fill and stall the back-end
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmlite.serve", *args, "-v", "--socket", str(sock)],
-            stderr=fh,
-        )
-    procs.append(proc)
-    deadline = time.monotonic() + 20
-    while not sock.exists():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "kvmlite serve did not create its socket"
-        time.sleep(0.05)
-    return proc
-
-
 def qemu(
     procs: list, guest: tuple[DefaultGuest, Path], sock: Path, device: str, append: str = ""
 ) -> Expect:
     kernel, initrd = guest
-    argv = [
-        QEMU, "-accel", "tcg", "-M", "q35", "-m", "128", "-smp", "1",
-        "-object", "memory-backend-memfd,id=mem,size=128M,share=on",
-        "-numa", "node,memdev=mem",
-        "-chardev", f"socket,id=c0,path={sock}",
-        "-device", f"{device},chardev=c0",
-        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-        "-no-reboot", "-kernel", str(kernel.vmlinux), "-initrd", str(initrd),
-        "-append", f"{BASE_CMDLINE} {append}".strip(),
-    ]  # fmt: skip
+    argv = qemu_argv(NetGuest(kernel.vmlinux, initrd), vhost_user_device(sock, device),
+                     append=append)  # fmt: skip
     c = Expect.spawn(argv)
     procs.append(c)
     return c
@@ -198,15 +164,9 @@ def test_ext2_made_in_the_guest_is_clean_on_the_host(
     sock = tmp_path / "blk.sock"
     server = serve(procs, sock, "blk", str(image))
     c = qemu(procs, (busybox_guest, busybox_guest.initrd), sock, "vhost-user-blk-pci")
-    c.expect(re.escape(SHELL_PROMPT), timeout=180)
-
-    def run(cmd: str, timeout: float = 60) -> str:
-        c.sendline(f"{cmd}; echo RC=$?")
-        m = c.expect(rb"\r?\n((?:.*\r?\n)*?)RC=(\d+)\r?\n", timeout=timeout)
-        out = m.group(1).decode(errors="replace")
-        assert m.group(2) == b"0", f"{cmd!r} failed:\n{out}"
-        return out
-
+    shell = GuestShell(c)
+    shell.wait_ready(timeout=180)
+    run = shell.sh
     run("mke2fs -q -b 1024 /dev/vda")
     run("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt")
     run("dd if=/dev/urandom of=/mnt/big bs=64k count=40 2>/dev/null")
@@ -215,8 +175,7 @@ def test_ext2_made_in_the_guest_is_clean_on_the_host(
     guest_sum = re.search(r"\b([0-9a-f]{64})\s+/mnt/big", out)
     assert guest_sum, out
     run("umount /mnt && sync")
-    c.sendline("poweroff -f")
-    c.wait_eof(timeout=60)
+    shell.poweroff(timeout=60)
     assert server.poll() is None
 
     fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
