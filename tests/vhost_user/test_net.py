@@ -102,6 +102,20 @@ def give_rx_buffers(rx: MockDriver, n: int, size: int = 2048) -> None:
     rx.kick(force=True)
 
 
+def round_trip(
+    f: Frontend, rx: MockDriver, tx: MockDriver, peer: Peer, out: int, back: int
+) -> None:
+    """``frame(out)`` from the guest reaches the peer; ``frame(back)`` from the peer lands in
+    a receive buffer of the guest's, behind a virtio-net header."""
+    tx.add_chain([bytes(VNET_HDR_LEN) + frame(out)])
+    tx.kick(force=True)
+    assert peer.recv() == frame(out)
+    give_rx_buffers(rx, 1)
+    peer.send(frame(back))
+    used = poll_used(f, rx, RX, 1)
+    assert [u.written[VNET_HDR_LEN : u.length] for u in used] == [frame(back)]
+
+
 def test_frames_both_ways(net) -> None:  # noqa: ANN001
     served, dev, f, peer = net
     assert f.call_u64(Request.GET_QUEUE_NUM) == 3  # rx, tx, control
@@ -167,12 +181,7 @@ def test_next_frontend_gets_the_network(net, tmp_path: Path) -> None:  # noqa: A
     f2 = Frontend(served.path)
     try:
         rx, tx = start(f2)
-        tx.add_chain([bytes(VNET_HDR_LEN) + frame(5)])
-        tx.kick(force=True)
-        assert peer.recv() == frame(5)
-        give_rx_buffers(rx, 1)
-        peer.send(frame(6))
-        assert [u.written[VNET_HDR_LEN : u.length] for u in poll_used(f2, rx, RX, 1)] == [frame(6)]
+        round_trip(f2, rx, tx, peer, 5, 6)
     finally:
         f2.close()
     f.close = lambda: None  # type: ignore[method-assign]  # closed above

@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 from kvmlite.devices.virtio.console import VIRTIO_CONSOLE_F_MULTIPORT
-from kvmlite.devices.virtio.net_spec import VNET_HDR_LEN
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.protocol import Request
 
 from .frontend import Frontend
-from .test_net import RX, Peer, frame, give_rx_buffers, poll_used, start
+from .test_net import Peer, round_trip, start
 from .test_serve import procs, spawn, wait_socket  # noqa: F401
 
 
@@ -39,13 +38,7 @@ def test_serve_net_over_a_socket_network(tmp_path: Path, procs: list) -> None:  
     f = Frontend(str(sock))
     try:
         rx, tx = start(f)
-        tx.add_chain([bytes(VNET_HDR_LEN) + frame(3)])
-        tx.kick(force=True)
-        assert peer.recv() == frame(3)
-        give_rx_buffers(rx, 2)
-        peer.send(frame(4))
-        used = poll_used(f, rx, RX, 1)
-        assert [u.written[VNET_HDR_LEN : u.length] for u in used] == [frame(4)]
+        round_trip(f, rx, tx, peer, 3, 4)
     finally:
         f.close()
         peer.sock.close()
