@@ -79,6 +79,7 @@ class GuestMemory:
                 raise ConfigError(f"memory regions overlap at {b.gpa:#x}")
         self.regions = regions
         self._starts = [r.gpa for r in regions]
+        self._ends = [r.end for r in regions]  # plain lists: looked up per descriptor
 
     # -- construction -------------------------------------------------------
 
@@ -138,16 +139,14 @@ class GuestMemory:
     def region_of(self, gpa: int, length: int = 1) -> Region:
         """The region wholly containing [gpa, gpa+length), or GuestMemoryError."""
         i = bisect_right(self._starts, gpa) - 1
-        if i >= 0 and length >= 0:
-            r = self.regions[i]
-            if gpa + length <= r.end:
-                return r
+        if i >= 0 and length >= 0 and gpa + length <= self._ends[i]:
+            return self.regions[i]
         raise GuestMemoryError(f"guest access {gpa:#x}+{length:#x} is outside guest RAM")
 
     def contains(self, gpa: int, length: int = 1) -> bool:
         # region_of without the exception: every descriptor of every chain is checked.
         i = bisect_right(self._starts, gpa) - 1
-        return i >= 0 and length >= 0 and gpa + length <= self.regions[i].end
+        return i >= 0 and length >= 0 and gpa + length <= self._ends[i]
 
     # -- access ---------------------------------------------------------------
 
@@ -161,7 +160,9 @@ class GuestMemory:
         return bytes(self.view(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        self.view(gpa, len(data))[:] = data
+        r = self.region_of(gpa, len(data))
+        off = gpa - r.gpa
+        r.buf[off : off + len(data)] = data
 
     def read_int(self, gpa: int, size: int) -> int:
         """Little-endian unsigned integer of ``size`` bytes."""
