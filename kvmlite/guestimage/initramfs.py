@@ -53,6 +53,29 @@ done
 """
 
 
+#: udhcpc(8)'s event script (busybox networking/udhcp), so ``udhcpc -i eth0``
+#: in the default guest configures the NIC (busybox ships no script of its
+#: own): "bound"/"renew" carry the lease in the environment ($ip, $mask,
+#: $router, $dns); resolv.conf gets the DNS servers.
+UDHCPC_SCRIPT = b"""#!/bin/sh
+case "$1" in
+deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    echo "DHCP: ip=$ip mask=${mask:-?} router=$router dns=$dns"
+    ;;
+esac
+exit 0
+"""
+
+
 def _base_tree(w: NewcWriter) -> None:
     for d in _BASE_DIRS:
         w.directory(d)
@@ -102,6 +125,8 @@ def busybox_initramfs_bytes(busybox: Path = DEFAULT_BUSYBOX) -> bytes:
             _ensure_dirs(w, path)
             if str(path) not in w:
                 w.symlink(str(path), "/bin/busybox")
+        w.directory("etc/udhcpc")
+        w.file("etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)
         w.file("init", BUSYBOX_INIT.encode(), 0o755)
     return buf.getvalue()
 

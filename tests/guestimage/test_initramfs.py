@@ -12,6 +12,7 @@ from kvmlite.errors import ImageError
 from kvmlite.guestimage.initramfs import (
     BUSYBOX_INIT,
     READY_BANNER,
+    UDHCPC_SCRIPT,
     build_busybox_initramfs,
     build_single_init_initramfs,
 )
@@ -55,11 +56,17 @@ def test_busybox_initramfs(tmp_path: Path) -> None:
     init = (tmp_path / "init").read_text()
     assert init == BUSYBOX_INIT and init.startswith("#!/bin/sh\n")
     assert READY_BANNER in init and "cttyhack" in init and "devtmpfs" in init
+    # udhcpc's event script, so `udhcpc -i eth0` configures the NIC (the guest
+    # test that uses it for real: tests/vhost_user/test_qemu_net_user.py).
+    assert rows["etc/udhcpc/default.script"].startswith("-rwxr-xr-x")
+    _extract(out, tmp_path, "etc/udhcpc/default.script")
+    assert (tmp_path / "etc/udhcpc/default.script").read_bytes() == UDHCPC_SCRIPT
 
 
 def test_busybox_init_script_parses() -> None:
-    # busybox's own shell is the judge of the script's syntax.
+    # busybox's own shell is the judge of the scripts' syntax.
     subprocess.run(["/bin/busybox", "sh", "-n", "-c", BUSYBOX_INIT], check=True)
+    subprocess.run(["/bin/busybox", "sh", "-n", "-c", UDHCPC_SCRIPT.decode()], check=True)
 
 
 def test_rebuild_leaves_an_identical_archive_alone(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ output by a line end, so a match can only be the output.
 
 The initramfs is the default busybox one with a second cpio archive
 appended (the kernel unpacks concatenated archives in turn,
-Documentation/driver-api/early-userspace/buffer-format.rst): a udhcpc event
-script that applies a lease and prints it as ``DHCP: ip=... router=...``, and
+Documentation/driver-api/early-userspace/buffer-format.rst):
 ``/bin/net_blast`` (guest/net_blast.c), a TCP source and sink with 64 KiB writes.
+(The default initramfs's udhcpc script applies a lease and prints it as
+``DHCP: ip=... router=...``.)
 """
 
 from __future__ import annotations
@@ -52,24 +53,6 @@ NET_BLAST_SOURCE = Path(__file__).parent / "guest" / "net_blast.c"
 #: own netdevs get the same option, so the benchmark compares like with like.
 NIC_OPTIONS = "vectors=0"
 
-#: udhcpc(8)'s event script (busybox networking/udhcp): "bound"/"renew" carry the lease
-#: in the environment ($ip, $mask or $subnet, $router, $dns).
-UDHCPC_SCRIPT = b"""#!/bin/sh
-case "$1" in
-deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    for r in $router; do ip route add default via "$r" dev "$interface"; break; done
-    echo "DHCP: ip=$ip mask=${mask:-?} router=$router dns=$dns"
-    ;;
-esac
-exit 0
-"""
-
 
 @dataclass(frozen=True)
 class NetGuest:
@@ -83,10 +66,7 @@ def net_extras_cpio() -> bytes:
     blast = compile_static(NET_BLAST_SOURCE).read_bytes()
     buf = io.BytesIO()
     with NewcWriter(buf) as w:
-        # etc/ and bin/ are already there from the first archive; the kernel keeps them.
-        w.directory("etc")
-        w.directory("etc/udhcpc")
-        w.file("etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)
+        # bin/ is already there from the first archive; the kernel keeps it.
         w.directory("bin")
         w.file("bin/net_blast", blast, 0o755)
     return buf.getvalue()

@@ -82,11 +82,14 @@ def loopback_page(netns: NetNs) -> Iterator[bytes]:
 
 
 def dhcp(shell: GuestShell) -> str:
-    """Run udhcpc; the lease line our event script printed."""
+    """Run udhcpc; the lease line the default guest's event script printed."""
     out = shell.sh("udhcpc -i eth0 -q -n -t 5 -T 2", timeout=60)
-    m = re.search(r"DHCP: ip=(\S+) mask=(\S+) router=(\S*)", out)
+    m = re.search(r"DHCP: ip=(\S+) mask=(\S+) router=(\S*) dns=(.*)", out)
     assert m, out
-    return m.group(0)
+    # passt offers the host's DNS servers; the script wrote them for the resolver.
+    servers = re.findall(r"nameserver (\S+)", shell.sh("cat /etc/resolv.conf"))
+    assert servers and servers == m.group(4).split(), (servers, m.group(4))
+    return f"DHCP: ip={m[1]} mask={m[2]} router={m[3]}"
 
 
 def start_user_net(procs: list, ns: NetNs, tmp_path: Path, spec: str = "user") -> Path:
