@@ -79,7 +79,7 @@ class GuestMemory:
                 raise ConfigError(f"memory regions overlap at {b.gpa:#x}")
         self.regions = regions
         self._starts = [r.gpa for r in regions]
-        self._ends = [r.end for r in regions]  # plain lists: looked up per descriptor
+        self._ends = [r.end for r in regions]  # Region.end is a property: see _index
 
     # -- construction -------------------------------------------------------
 
@@ -136,17 +136,23 @@ class GuestMemory:
     def __iter__(self) -> Iterator[Region]:
         return iter(self.regions)
 
+    def _index(self, gpa: int, length: int) -> int:
+        """Index of the region wholly containing [gpa, gpa+length), or -1.
+
+        Plain lists and no exception: every descriptor of every chain is checked.
+        """
+        i = bisect_right(self._starts, gpa) - 1
+        return i if i >= 0 and length >= 0 and gpa + length <= self._ends[i] else -1
+
     def region_of(self, gpa: int, length: int = 1) -> Region:
         """The region wholly containing [gpa, gpa+length), or GuestMemoryError."""
-        i = bisect_right(self._starts, gpa) - 1
-        if i >= 0 and length >= 0 and gpa + length <= self._ends[i]:
-            return self.regions[i]
-        raise GuestMemoryError(f"guest access {gpa:#x}+{length:#x} is outside guest RAM")
+        i = self._index(gpa, length)
+        if i < 0:
+            raise GuestMemoryError(f"guest access {gpa:#x}+{length:#x} is outside guest RAM")
+        return self.regions[i]
 
     def contains(self, gpa: int, length: int = 1) -> bool:
-        # region_of without the exception: every descriptor of every chain is checked.
-        i = bisect_right(self._starts, gpa) - 1
-        return i >= 0 and length >= 0 and gpa + length <= self._ends[i]
+        return self._index(gpa, length) >= 0
 
     # -- access ---------------------------------------------------------------
 
@@ -160,9 +166,7 @@ class GuestMemory:
         return bytes(self.view(gpa, length))
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
-        r = self.region_of(gpa, len(data))
-        off = gpa - r.gpa
-        r.buf[off : off + len(data)] = data
+        self.view(gpa, len(data))[:] = data
 
     def read_int(self, gpa: int, size: int) -> int:
         """Little-endian unsigned integer of ``size`` bytes."""
