@@ -61,3 +61,33 @@ def test_from_buffer():
     mem.write(0x10F, b"x")
     with pytest.raises(GuestMemoryError):
         mem.write(0x110, b"x")
+
+
+def test_contains_and_region_of_agree_at_every_edge():
+    """Two regions with a hole between them (like RAM around the PCI hole): the
+    per-descriptor check must refuse anything that leaves a region."""
+    from kvmlite.memory import Region
+
+    low, high = memoryview(bytearray(0x1000)), memoryview(bytearray(0x1000))
+    mem = GuestMemory([Region(0x3000, 0x1000, high), Region(0x1000, 0x1000, low)])
+    cases = {
+        (0x1000, 0x1000): True,  # the whole low region
+        (0x1FFF, 1): True,
+        (0x1FFF, 2): False,  # into the hole
+        (0x0FFF, 1): False,  # below the first region
+        (0x2000, 1): False,  # in the hole
+        (0x3000, 0): True,
+        (0x3FFF, 1): True,
+        (0x4000, 0): True,  # an empty access at the very end
+        (0x4000, 1): False,
+        (0x1000, -1): False,
+        (-5, 1): False,
+        (0x1800, 1 << 64): False,
+    }
+    for (gpa, n), inside in cases.items():
+        assert mem.contains(gpa, n) is inside, (hex(gpa), n)
+        if inside:
+            assert mem.region_of(gpa, n).gpa == (0x1000 if gpa < 0x3000 else 0x3000)
+        else:
+            with pytest.raises(GuestMemoryError):
+                mem.region_of(gpa, n)
