@@ -39,14 +39,12 @@ import struct
 import threading
 
 from kvmlite.backends.net.base import NetBackend, locked
+from kvmlite.devices.virtio.net_spec import MAX_FRAME_LEN
 from kvmlite.errors import ConfigError
 
 log = logging.getLogger("kvmlite.backends.net")
 
 LENGTH = struct.Struct(">I")
-#: The largest frame either side may send: a 64 KiB IP packet with an
-#: Ethernet header and one VLAN tag (what passt and QEMU produce at most).
-MAX_FRAME_LEN = 65535 + 18
 #: Output kept for a slow peer before ``can_send()`` says stop.
 MAX_BUFFERED = 256 * 1024
 #: Bytes read per ``recv_frames`` call, so one busy peer cannot starve the loop.
