@@ -300,13 +300,7 @@ class PasstBackend(StreamSocketBackend):
         # client whose peer left (closed; the VMM stops watching).
         if self._conn is None:
             return
-        if self._registered:
-            self._epoll.unregister(self._conn.fileno())
-            self._registered = False
-        self._conn.close()  # passt exits on EOF if it merely closed its end
-        self._conn = None
-        self._in.clear()
-        self._out.clear()
+        self._close_conn()  # passt exits on EOF if it merely closed its end
         self.closed = True
         code = _wait(self.proc, REAP_TIMEOUT)
         if code is None:  # it closed the socket yet lives on: of no use any more

@@ -74,7 +74,7 @@ class StreamSocketBackend(NetBackend):
         self._in = bytearray()
         self._out = bytearray()
         self._reading = True
-        self._registered = False
+        self._events = 0  # the epoll mask the connection is registered with (0: none)
         self._tx_dead = False
         self.closed = False
         self.tx_dropped = 0
@@ -135,37 +135,42 @@ class StreamSocketBackend(NetBackend):
         While reading is off the connection is not watched for input nor
         hang-up (epoll reports HUP whether asked or not, so it is unregistered
         unless output waits): frames the peer sent before leaving stay in the
-        socket and are read, then the EOF, once reading is back on.
+        socket and are read, then the EOF, once reading is back on. The mask
+        in force is remembered, so the call after every sent frame costs no
+        epoll_ctl unless something changed.
         """
         if self._conn is None:
             return
-        ev = 0
-        if self._reading:
-            ev |= select.EPOLLIN | select.EPOLLRDHUP
-        if self._out:
-            ev |= select.EPOLLOUT
+        ev = (select.EPOLLIN | select.EPOLLRDHUP if self._reading else 0) | (
+            select.EPOLLOUT if self._out else 0
+        )
+        if ev == self._events:
+            return
         fd = self._conn.fileno()
         if not ev:
-            if self._registered:
-                self._epoll.unregister(fd)
-                self._registered = False
-        elif self._registered:
+            self._epoll.unregister(fd)
+        elif self._events:
             self._epoll.modify(fd, ev)
         else:
             self._epoll.register(fd, ev)
-            self._registered = True
+        self._events = ev
+
+    def _close_conn(self) -> None:
+        """Forget the peer: stop watching and close its socket, drop both buffers."""
+        assert self._conn is not None
+        if self._events:
+            self._epoll.unregister(self._conn.fileno())
+            self._events = 0
+        self._conn.close()
+        self._conn = None
+        self._in.clear()
+        self._out.clear()
 
     def _drop_peer(self, why: str) -> None:
         if self._conn is None:
             return
         log.warning("%s: %s; connection closed", self.name, why)
-        if self._registered:
-            self._epoll.unregister(self._conn.fileno())
-            self._registered = False
-        self._conn.close()
-        self._conn = None
-        self._in.clear()
-        self._out.clear()
+        self._close_conn()
         if self._listener is None:
             self.closed = True  # a client has nobody to wait for
 
@@ -235,7 +240,6 @@ class StreamSocketBackend(NetBackend):
     def flush(self) -> None:
         if self._conn is None:
             return
-        had = bool(self._out)
         while self._out:
             try:
                 n = self._conn.send(self._out)
@@ -251,8 +255,7 @@ class StreamSocketBackend(NetBackend):
                 self._update_events()
                 return
             del self._out[:n]
-        if had != bool(self._out) or self._out:
-            self._update_events()
+        self._update_events()
 
     @locked
     def recv_frames(self) -> list[bytes]:
@@ -284,21 +287,27 @@ class StreamSocketBackend(NetBackend):
         frames = []
         buf = self._in
         pos = 0
-        while len(buf) - pos >= LENGTH.size:
-            (n,) = LENGTH.unpack_from(buf, pos)
-            if not 0 < n <= MAX_FRAME_LEN:
-                del buf[:]
-                self._drop_peer(
-                    f"peer sent a frame length of {n} (allowed 1..{MAX_FRAME_LEN}): it does not"
-                    " speak the 4-byte big-endian length + Ethernet frame protocol"
-                )
-                return frames
-            if len(buf) - pos - LENGTH.size < n:
-                break
-            frames.append(bytes(buf[pos + LENGTH.size : pos + LENGTH.size + n]))
-            pos += LENGTH.size + n
-        del buf[:pos]
+        bad = None
+        # Slicing the view copies each frame once (a bytearray slice would copy it twice).
+        with memoryview(buf) as view:
+            while len(buf) - pos >= LENGTH.size:
+                (n,) = LENGTH.unpack_from(buf, pos)
+                if not 0 < n <= MAX_FRAME_LEN:
+                    bad = n
+                    break
+                start = pos + LENGTH.size
+                if len(buf) - start < n:
+                    break
+                frames.append(bytes(view[start : start + n]))
+                pos = start + n
         self.rx_frames += len(frames)
+        if bad is not None:
+            self._drop_peer(
+                f"peer sent a frame length of {bad} (allowed 1..{MAX_FRAME_LEN}): it does not"
+                " speak the 4-byte big-endian length + Ethernet frame protocol"
+            )  # which also emptied the buffer
+            return frames
+        del buf[:pos]
         return frames
 
     @locked

@@ -264,7 +264,6 @@ class TapBackend(NetBackend):
 
     @locked
     def flush(self) -> None:
-        had = bool(self._out)
         while self._out and self._fd >= 0 and not self.closed:
             try:
                 os.write(self._fd, self._out[0])
@@ -282,8 +281,7 @@ class TapBackend(NetBackend):
                 continue
             self._out.popleft()
             self.tx_frames += 1
-        if had != bool(self._out) or self._out:
-            self._update_events()
+        self._update_events()  # no epoll_ctl unless the mask changed
 
     @locked
     def recv_frames(self) -> list[bytes]:

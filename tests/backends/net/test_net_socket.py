@@ -72,6 +72,44 @@ def test_wire_format_is_big_endian_length_then_frame(
     assert peer.recv(100) == b"\0\0\0\x03\x01\x02\x03"
 
 
+class CountingEpoll:
+    """An epoll that counts epoll_ctl calls (register/modify/unregister)."""
+
+    def __init__(self, real: select.epoll) -> None:
+        self.real = real
+        self.ctl = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def register(self, fd: int, ev: int) -> None:
+        self.ctl += 1
+        self.real.register(fd, ev)
+
+    def modify(self, fd: int, ev: int) -> None:
+        self.ctl += 1
+        self.real.modify(fd, ev)
+
+    def unregister(self, fd: int) -> None:
+        self.ctl += 1
+        self.real.unregister(fd)
+
+
+def test_sending_to_a_keeping_up_peer_costs_no_epoll_ctl(
+    raw_pair: tuple[StreamSocketBackend, socket.socket],
+) -> None:
+    # send() is the per-frame hot path: with the peer keeping up the watched
+    # events never change, so no epoll_ctl syscall may be made per frame.
+    b, peer = raw_pair
+    spy = CountingEpoll(b._epoll)
+    b._epoll = spy  # type: ignore[assignment]
+    for i in range(50):
+        b.send(frame(i))
+    assert spy.ctl == 0
+    got = peer.recv(1 << 16)
+    assert got.startswith(struct.pack(">I", 60) + frame(0))
+
+
 def test_partial_reads_assemble_frames(raw_pair: tuple[StreamSocketBackend, socket.socket]) -> None:
     b, peer = raw_pair
     wire = b"".join(struct.pack(">I", len(f)) + f for f in (b"first", b"second!", b"x" * 300))
