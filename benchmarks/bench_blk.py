@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import Row
+from kvmlite.testing.guests import QBOOT, kvmlite_argv, qemu_argv
 
 RUNS = 5
 IMAGE_SIZE = 256 << 20
 MARKER = b"vblk: features "
 TIMEOUT_S = 120
-QBOOT = Path("/usr/share/qemu/qboot.rom")
 
 
 @dataclass(frozen=True)
@@ -86,52 +86,13 @@ def _io_span(cmd: list[str], ok_status: int) -> tuple[float, float]:
 
 
 def _kvmlite_cmd(elf: Path, image: Path, args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kvmlite.cli",
-        "run",
-        "-k",
-        str(elf),
-        "-m",
-        "64",
-        "-d",
-        str(image),
-        "-a",
-        args,
-        "--console",
-        "stdio",
-    ]
+    return kvmlite_argv(elf, "-d", image, "-a", args)
 
 
 def _qemu_cmd(qemu: str, elf: Path, image: Path, args: str) -> list[str]:
-    return [
-        qemu,
-        "-accel",
-        "kvm",
-        "-M",
-        "q35",
-        "-bios",
-        str(QBOOT),
-        "-m",
-        "64",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0x501,iosize=4",
-        "-drive",
-        f"file={image},if=none,id=d0,format=raw,aio=threads,cache=writeback",
-        "-device",
-        "virtio-blk-pci,drive=d0,disable-legacy=on",
-        "-kernel",
-        str(elf),
-        "-append",
-        args,
-    ]
+    drive = f"file={image},if=none,id=d0,format=raw,aio=threads,cache=writeback"
+    devices = ["-drive", drive, "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"]
+    return qemu_argv(elf, devices, qemu=qemu, firmware=QBOOT, append=args)
 
 
 def _make_image(path: Path) -> None:

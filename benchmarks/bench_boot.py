@@ -1,7 +1,7 @@
 """Start-up cost: boot a tiny PVH guest that only exits, kvmlite vs QEMU.
 
 Both VMMs boot the same ELF through its PVH note on /dev/kvm with 64 MiB:
-``kvmlite run`` against ``qemu-system-x86_64 -enable-kvm -M microvm`` with an
+``kvmlite run`` against ``qemu-system-x86_64 -accel kvm -M microvm`` with an
 ``isa-debug-exit`` device at the same port (0x501). Measured: wall time of
 the whole process (median of RUNS) and its peak RSS (from wait4's rusage).
 """
@@ -12,7 +12,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ RUNS = 5
 HERE = Path(__file__).parent
 
 
-def _measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one run of ``cmd``."""
+def _measure(cmd: list[str], ok_status: int) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one run of ``cmd``, which must exit ``ok_status``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -33,19 +32,19 @@ def _measure(cmd: list[str]) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode not in (0, 1):  # QEMU's debug-exit gives (0 << 1) | 1 = 1
+    if proc.returncode != ok_status:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err}")
     return wall, usage.ru_maxrss / 1024
 
 
-def _median(cmd: list[str]) -> tuple[float, float]:
-    samples = [_measure(cmd) for _ in range(RUNS)]
+def _median(cmd: list[str], ok_status: int) -> tuple[float, float]:
+    samples = [_measure(cmd, ok_status) for _ in range(RUNS)]
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
 
 
 def rows() -> list[Row]:
     from benchmarks.run import Skip
-    from kvmlite.testing.guests import GUEST_DIR, build_guest
+    from kvmlite.testing.guests import GUEST_DIR, build_guest, kvmlite_argv, qemu_argv
 
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
@@ -54,38 +53,10 @@ def rows() -> list[Row]:
         raise Skip("/dev/kvm is not usable here")
     with tempfile.TemporaryDirectory() as tmp:
         elf = build_guest(HERE / "guests" / "exit.c", Path(tmp), kind="pvh", kit_dir=GUEST_DIR)
-        kvmlite_cmd = [
-            sys.executable,
-            "-m",
-            "kvmlite.cli",
-            "run",
-            "-k",
-            str(elf),
-            "-m",
-            "64",
-            "--console",
-            "null",
-        ]
-        qemu_cmd = [
-            qemu,
-            "-enable-kvm",
-            "-M",
-            "microvm",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "none",
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=4",
-            "-kernel",
-            str(elf),
-        ]
-        k_wall, k_rss = _median(kvmlite_cmd)
-        q_wall, q_rss = _median(qemu_cmd)
+        kvmlite_cmd = kvmlite_argv(elf, "--console", "null")
+        qemu_cmd = qemu_argv(elf, qemu=qemu, machine="microvm", serial="none")
+        k_wall, k_rss = _median(kvmlite_cmd, 0)
+        q_wall, q_rss = _median(qemu_cmd, 1)  # isa-debug-exit: (0 << 1) | 1
     return [
         Row("tiny guest boot+exit, wall time", k_wall, q_wall, "s", higher_is_better=False),
         Row("tiny guest boot+exit, peak RSS", k_rss, q_rss, "MiB", higher_is_better=False),

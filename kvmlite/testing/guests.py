@@ -24,6 +24,8 @@ emulates guest kernel code instruction by instruction (TEST-HOST.md).
 from __future__ import annotations
 
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -39,6 +41,9 @@ FLAT_LOAD_ADDRESS = 0x100000
 #: kvmlite's debug-exit convention: a 1-byte write of the exit code to this port.
 DEBUG_EXIT_PORT = 0x501
 COM1 = 0x3F8
+#: QEMU's qboot firmware (Debian qemu-system-data): a short boot that leaves PCI BARs
+#: above 4 GiB unassigned.
+QBOOT = Path("/usr/share/qemu/qboot.rom")
 
 CFLAGS = [
     "-O2",
@@ -148,3 +153,40 @@ def enter_flat(
     regs.rip = entry
     regs.rflags = 0x2
     vcpu.set_regs(regs)
+
+
+def kvmlite_argv(elf: Path, *args: str | Path, memory_mb: int = 64) -> list[str]:
+    """``kvmlite run`` (this interpreter's) booting the PVH guest ``elf`` with
+    ``memory_mb`` MiB and ``args`` after; the console is on stdio unless ``args`` say
+    otherwise (a later ``--console`` wins)."""
+    return [
+        sys.executable, "-m", "kvmlite.cli", "run", "--console", "stdio",
+        "-k", str(elf), "-m", str(memory_mb), *map(str, args),
+    ]  # fmt: skip
+
+
+def qemu_argv(
+    elf: Path,
+    devices: Sequence[str] = (),
+    *,
+    qemu: str = "qemu-system-x86_64",
+    accel: str = "kvm",
+    machine: str = "q35",
+    firmware: Path | None = None,
+    memory_mb: int = 64,
+    serial: str = "stdio",
+    append: str | None = None,
+) -> list[str]:
+    """QEMU booting the PVH guest ``elf`` through its own PVH loader, with ``devices``
+    and an ``isa-debug-exit`` at DEBUG_EXIT_PORT, so a guest's exit code ``c`` makes QEMU
+    exit with ``(c << 1) | 1``. ``firmware=None`` is the machine's default (SeaBIOS)."""
+    return [
+        qemu, "-accel", accel, "-M", machine,
+        *(["-bios", str(firmware)] if firmware is not None else []),
+        "-m", str(memory_mb), "-nodefaults", "-no-user-config", "-display", "none",
+        "-no-reboot", "-serial", serial,
+        "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1",
+        *devices,
+        "-kernel", str(elf),
+        *(["-append", append] if append is not None else []),
+    ]  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.errors import ImageError
-from kvmlite.testing.guests import FLAT_LOAD_ADDRESS, GUEST_DIR, build_guest
+from kvmlite.testing.guests import FLAT_LOAD_ADDRESS, GUEST_DIR, build_guest, qemu_argv
 
 GUESTS = ("hello", "pio_loop", "mmio", "halt", "crash", "spin")
 
@@ -69,29 +69,9 @@ def test_integer_instructions_only(built, guest: str) -> None:
 
 def test_qemu_boots_the_pvh_guest(built) -> None:
     """QEMU's own PVH loader is the independent judge of the note and entry state."""
-    proc = subprocess.run(
-        [
-            "qemu-system-x86_64",
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            str(built[("hello", "pvh")]),
-            "-append",
-            "console=hello",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0x501,iosize=1",
-        ],
-        capture_output=True,
-        timeout=60,
-    )
+    elf = built[("hello", "pvh")]
+    argv = qemu_argv(elf, accel="tcg", machine="pc", append="console=hello")
+    proc = subprocess.run(argv, capture_output=True, timeout=60)
     # isa-debug-exit makes QEMU exit with (code << 1) | 1; the guest exits with 0.
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == b"hello\npvh console=hello\n"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.testing.guests import QBOOT, qemu_argv
+
 from .tinyguests import kvmlite_run
 
 pytestmark = pytest.mark.skipif(
@@ -34,7 +36,6 @@ DISK_SIZE = 4 << 20
 MASK64 = (1 << 64) - 1
 SERIAL = "kvmlite-disk-0123456"  # 20 characters: the most GET_ID returns (§5.2.6)
 VERIFY_ARGS = "mode=verify seed=0x5eed wstart=1000 wcount=200 rstart=3 rcount=37"
-QBOOT = Path("/usr/share/qemu/qboot.rom")
 
 # The guest's exit codes (virtio_blk.c).
 EXIT_CMDLINE = 10
@@ -94,32 +95,13 @@ def run_qemu(
     BAR unassigned (the guest places it); ``firmware=None`` is QEMU's SeaBIOS. QEMU's
     isa-debug-exit exits with (code << 1) | 1; decoded here."""
     drive = f"file={disk},if=none,id=d0,format=raw,aio=threads" + (",readonly=on" if ro else "")
-    cmd = [
-        "qemu-system-x86_64",
-        "-accel",
-        "kvm",
-        "-M",
-        "q35",
-        *(["-bios", str(firmware)] if firmware else []),
-        "-m",
-        "64",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0x501,iosize=4",
+    devices = [
         "-drive",
         drive,
         "-device",
         f"virtio-blk-pci,drive=d0,disable-legacy=on,serial={SERIAL}",
-        "-kernel",
-        str(elf),
-        "-append",
-        args,
     ]
+    cmd = qemu_argv(elf, devices, firmware=firmware, append=args)
     r = subprocess.run(
         cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False
     )
