@@ -163,8 +163,13 @@ def _hint(messages: list[str]) -> str:
 
 def _readiness_pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
-    # passt opens "/proc/self/fd/W" after dropping root for user nobody.
-    os.fchmod(w, 0o622)
+    try:
+        # passt opens "/proc/self/fd/W" after dropping root for user nobody.
+        os.fchmod(w, 0o622)
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     return r, w
 
 
@@ -221,65 +226,66 @@ class PasstBackend(StreamSocketBackend):
         binary = _find_binary(passt)
         _check_extra_args(extra_args)
         fwd_args = passt_args(hostfwd)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        r, w = _readiness_pipe()
-        logfile = tempfile.TemporaryFile(prefix="kvmlite-passt-")
-        # passt reopens the log file by path and writes its early errors to fd
-        # 2 directly: append mode keeps the two from overwriting each other.
-        fcntl.fcntl(logfile.fileno(), fcntl.F_SETFL, os.O_APPEND)
-        argv = [
-            *command_prefix,
-            binary,
-            "--foreground",
-            "--fd",
-            str(theirs.fileno()),
-            "--pid",
-            f"/proc/self/fd/{w}",
-            "--log-file",
-            "/proc/self/fd/2",
-            *fwd_args,
-            *extra_args,
-        ]
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=logfile,
-                pass_fds=(theirs.fileno(), w),
-                start_new_session=True,
-            )
-        except OSError as e:
-            ours.close()
-            os.close(r)
-            logfile.close()
-            raise ConfigError(
-                f"{name}: cannot run {' '.join(argv[: len(command_prefix) + 1])}: {e.strerror};"
-                f" {INSTALL_HINT}"
-            ) from None
-        finally:
-            theirs.close()
-            os.close(w)
-        try:
+        # Everything opened here is released if any step fails (out of fds,
+        # passt refusing to start, ...); on success the backend owns it.
+        with contextlib.ExitStack() as undo:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            undo.callback(ours.close)
+            with theirs:
+                logfile = undo.enter_context(tempfile.TemporaryFile(prefix="kvmlite-passt-"))
+                # passt reopens the log file by path and writes its early errors to fd
+                # 2 directly: append mode keeps the two from overwriting each other.
+                fcntl.fcntl(logfile.fileno(), fcntl.F_SETFL, os.O_APPEND)
+                r, w = _readiness_pipe()
+                undo.callback(os.close, r)
+                argv = [
+                    *command_prefix,
+                    binary,
+                    "--foreground",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--pid",
+                    f"/proc/self/fd/{w}",
+                    "--log-file",
+                    "/proc/self/fd/2",
+                    *fwd_args,
+                    *extra_args,
+                ]
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logfile,
+                        stderr=logfile,
+                        pass_fds=(theirs.fileno(), w),
+                        start_new_session=True,
+                    )
+                except OSError as e:
+                    raise ConfigError(
+                        f"{name}: cannot run {' '.join(argv[: len(command_prefix) + 1])}:"
+                        f" {e.strerror}; {INSTALL_HINT}"
+                    ) from None
+                finally:
+                    os.close(w)  # passt's copy is the only one left: EOF when it exits
+            undo.callback(_stop, proc)
             pid = _wait_ready(r, ready_timeout)
-        finally:
-            os.close(r)
-        if not pid:
-            came_up_late = pid is None
-            code = _stop(proc)
-            messages = read_log_tail(logfile)
-            logfile.close()
-            ours.close()
-            said = " / ".join(messages) or "nothing"
-            if came_up_late:
+            if not pid:
+                came_up_late = pid is None
+                code = _stop(proc)
+                messages = read_log_tail(logfile)
+                said = " / ".join(messages) or "nothing"
+                if came_up_late:
+                    raise ConfigError(
+                        f"{name}: passt did not come up within {ready_timeout:g} s"
+                        f" (it said: {said})"
+                    )
                 raise ConfigError(
-                    f"{name}: passt did not come up within {ready_timeout:g} s (it said: {said})"
+                    f"{name}: passt failed to start ({_describe_exit(code)}): {said}; "
+                    + _hint(messages)
                 )
-            raise ConfigError(
-                f"{name}: passt failed to start ({_describe_exit(code)}): {said}; "
-                + _hint(messages)
-            )
-        backend = cls(ours, proc, logfile, name=name)
+            backend = cls(ours, proc, logfile, name=name)
+            undo.pop_all()
+        os.close(r)
         log.info("%s: passt running (pid %s) %s", name, pid, " ".join(fwd_args + list(extra_args)))
         for line in read_log_tail(logfile, lines=20):
             log.debug("%s: passt: %s", name, line)

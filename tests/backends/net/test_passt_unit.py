@@ -113,6 +113,40 @@ def test_never_ready_times_out_and_is_stopped(tmp_path: Path) -> None:
         os.kill(int(mark.read_text()), 0)
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_failed_start_leaks_no_fd_and_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # passt came up, then building the backend failed (here: out of fds for its
+    # epoll): the socket, log file and pipe are closed and passt is stopped.
+    mark = tmp_path / "pid"
+    exe = fake_passt(
+        tmp_path, f"open({str(mark)!r}, 'w').write(str(os.getpid()))\nready()\ntime.sleep(60)\n"
+    )
+
+    def no_fds(self: PasstBackend, *args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(PasstBackend, "__init__", no_fds)
+    before = open_fds()
+    with pytest.raises(OSError, match="Too many open files"):
+        PasstBackend.start(passt=exe)
+    assert open_fds() == before
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(int(mark.read_text()), 0)
+
+
+def test_passt_that_exits_at_once_leaks_no_fd(tmp_path: Path) -> None:
+    exe = fake_passt(tmp_path, "sys.exit(3)\n")
+    before = open_fds()
+    with pytest.raises(ConfigError, match=r"exit status 3"):
+        PasstBackend.start(passt=exe)
+    assert open_fds() == before
+
+
 def test_frames_flow_and_exit_under_the_guest_is_one_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
