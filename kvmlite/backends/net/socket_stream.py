@@ -29,6 +29,7 @@ the connection is closed with one log line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -80,13 +81,17 @@ class StreamSocketBackend(NetBackend):
         self.tx_dropped = 0
         self.rx_frames = 0
         self.tx_frames = 0
-        if listener is not None:
-            listener.setblocking(False)
-            self._epoll.register(listener.fileno(), select.EPOLLIN)
-            if path is not None:
-                self._path_ino = os.stat(path).st_ino
-        if sock is not None:
-            self._attach(sock)
+        try:
+            if listener is not None:
+                listener.setblocking(False)
+                self._epoll.register(listener.fileno(), select.EPOLLIN)
+                if path is not None:
+                    self._path_ino = os.stat(path).st_ino
+            if sock is not None:
+                self._attach(sock)
+        except BaseException:
+            self._epoll.close()
+            raise
 
     # -- construction ------------------------------------------------------------------------
 
@@ -105,7 +110,13 @@ class StreamSocketBackend(NetBackend):
                 else "check the directory exists and is writable"
             )
             raise ConfigError(f"{name}: cannot listen on {path}: {e.strerror}; {hint}") from None
-        return cls(listener=lsock, path=path, name=name)
+        try:
+            return cls(listener=lsock, path=path, name=name)
+        except BaseException:
+            lsock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # bound a moment ago by us
+            raise
 
     @classmethod
     def connect(cls, path: str, *, name: str = "net-stream") -> StreamSocketBackend:
@@ -119,7 +130,11 @@ class StreamSocketBackend(NetBackend):
                 f"{name}: cannot connect to {path}: {e.strerror}; start the peer"
                 " (another kvmlite, QEMU -netdev stream,server=on, or passt) first"
             ) from None
-        return cls(sock, name=name)
+        try:
+            return cls(sock, name=name)
+        except BaseException:
+            sock.close()
+            raise
 
     def _attach(self, sock: socket.socket) -> None:
         sock.setblocking(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import struct
@@ -235,3 +236,42 @@ def test_connect_to_nothing_is_a_config_error(tmp_path: Path) -> None:
         StreamSocketBackend.connect(str(tmp_path / "missing.sock"))
     with pytest.raises(ConfigError, match="cannot listen"):
         StreamSocketBackend.listen(str(tmp_path / "no" / "dir.sock"))
+
+
+@pytest.mark.parametrize("side", ["listen", "connect"])
+def test_failed_construction_leaks_no_fd_and_no_socket_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    # Building the backend fails after its socket was made (epoll_ctl refused):
+    # the socket, the epoll and, for a server, the bound path are all released.
+    from kvmlite.backends.net import socket_stream
+
+    path = str(tmp_path / "sock")
+    server = StreamSocketBackend.listen(path) if side == "connect" else None
+    real_epoll = select.epoll
+    calls = []
+
+    def epoll_then_fail() -> select.epoll:
+        ep = real_epoll()
+        calls.append(ep)
+
+        class Failing:
+            def __getattr__(self, name: str) -> object:
+                return getattr(ep, name)
+
+            def register(self, fd: int, ev: int) -> None:
+                raise OSError(28, "No space left on device")  # max_user_watches
+
+        return Failing()  # type: ignore[return-value]
+
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(socket_stream.select, "epoll", epoll_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        getattr(StreamSocketBackend, side)(path)
+    monkeypatch.undo()
+    assert calls and all(ep.closed for ep in calls)
+    assert set(os.listdir("/proc/self/fd")) == before
+    if server is None:
+        assert not os.path.exists(path)  # the half-made server's socket file is gone
+    else:
+        server.close()
