@@ -4,11 +4,11 @@ Follows QEMU docs/interop/vhost-user.rst ("Back-end" role).
 
 Theory of operation
 -------------------
-One thread runs ``serve_forever()``: a ``selectors`` loop (``Loop``,
-kvmlite/vhost_user/loop.py) over the listening
-socket, the connected front-end's socket, every started ring's kick eventfd,
-any extra fds the device needs watched (virtio-blk's I/O completion eventfd),
-and a wake eventfd for ``stop()``.  One front-end is served at a time; while
+One thread runs ``serve_forever()``: the VMM's own ``EventLoop``
+(kvmlite/vmm/eventloop.py) over the listening socket, the connected
+front-end's socket, every started ring's kick eventfd and any extra fds the
+device needs watched (virtio-blk's I/O completion eventfd); a callback that
+raises is logged there, so nothing escapes the loop.  One front-end is served at a time; while
 one is connected the listening socket is not watched, so a second front-end
 waits in the backlog until the first leaves.
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import socket
 import stat
 from collections.abc import Callable, Sequence
@@ -52,10 +51,10 @@ from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
 from kvmlite.errors import ConfigError
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import BackendChannel
-from kvmlite.vhost_user.loop import Loop
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
 from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
 from kvmlite.vhost_user.vrings import CallInterrupt, Vring, VringHandlers, close_fd
+from kvmlite.vmm.eventloop import EventLoop
 
 log = logging.getLogger("kvmlite.vhost_user")
 
@@ -103,7 +102,7 @@ class _Session:
     channel: BackendChannel = field(default_factory=BackendChannel)
 
 
-class VhostUserBackend(Loop, VringHandlers):
+class VhostUserBackend(VringHandlers):
     """Serve ``device`` on the unix socket ``path``.
 
     ``watch`` lists extra ``(fd, callback)`` pairs the loop watches for the
@@ -125,7 +124,10 @@ class VhostUserBackend(Loop, VringHandlers):
             default_protocol_features(device) if protocol_features is None else protocol_features
         )
         self.path = os.fspath(path)
-        Loop.__init__(self, watch)
+        self.loop = EventLoop()
+        for fd, cb in watch:
+            self.loop.add_reader(fd, cb)  # type: ignore[arg-type]
+        self._stopping = False
         self.session: _Session | None = None
         #: Connections served so far (tests watch it to see reconnects).
         self.connections = 0
@@ -159,17 +161,39 @@ class VhostUserBackend(Loop, VringHandlers):
 
     def serve_forever(self) -> None:
         """Serve front-ends, one after another, until ``stop()``."""
-        self._sel.register(self._listener, selectors.EVENT_READ, self._accept)
+        self.loop.add_reader(self._listener.fileno(), self._accept)
         try:
-            self.run_loop()
+            self.loop.run()
         finally:
             self._disconnect("back-end stopping")
-            self.unwatch_all()
+            self.loop.remove_reader(self._listener.fileno())
+
+    def stop(self) -> None:
+        """Make ``serve_forever`` return (any thread, or a signal handler)."""
+        self._stopping = True
+        self.loop.stop()
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the loop's thread (thread-safe)."""
+        self.loop.call_soon(fn)  # type: ignore[arg-type]
+
+    def wake(self) -> None:
+        """Make the loop go round once (thread-safe): fds it watches changed state."""
+        self.loop.call_soon(lambda: None)
+
+    def add_watch(self, fd: int, callback: Callable[[], object]) -> None:
+        """Watch ``fd`` for readability (loop thread); an fd already watched changes callback."""
+        self.loop.remove_reader(fd)
+        self.loop.add_reader(fd, callback)  # type: ignore[arg-type]
+
+    def remove_watch(self, fd: int) -> None:
+        """Stop watching ``fd`` (loop thread); unknown fds are ignored."""
+        self.loop.remove_reader(fd)
 
     def close(self) -> None:
         """Release the socket and the loop's fds (after ``serve_forever`` returned)."""
         self._listener.close()
-        self.close_loop()
+        self.loop.close()
         try:
             os.unlink(self.path)
         except OSError:
@@ -188,8 +212,8 @@ class VhostUserBackend(Loop, VringHandlers):
         ]
         self.session = _Session(conn, vrings)
         self.connections += 1
-        self._sel.unregister(self._listener)
-        self._sel.register(conn, selectors.EVENT_READ, self._on_message)
+        self.loop.remove_reader(self._listener.fileno())
+        self.loop.add_reader(conn.fileno(), self._on_message)
         log.info("front-end connected to %s", self.path)
 
     def _disconnect(self, reason: str) -> None:
@@ -199,7 +223,7 @@ class VhostUserBackend(Loop, VringHandlers):
             return
         self.session = None
         log.info("front-end of %s disconnected: %s", self.path, reason)
-        self._sel.unregister(s.conn)
+        self.loop.remove_reader(s.conn.fileno())
         s.conn.close()
         s.channel.close()
         self._drain()
@@ -213,7 +237,7 @@ class VhostUserBackend(Loop, VringHandlers):
         if s.mem is not None:
             s.mem.close()
         if not self._stopping:
-            self._sel.register(self._listener, selectors.EVENT_READ, self._accept)
+            self.loop.add_reader(self._listener.fileno(), self._accept)
 
     def _drain(self) -> None:
         drain = getattr(self.device, "drain", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import ConfigChangeInterrupt
 from kvmlite.vhost_user.memmap import BackendError
 from kvmlite.vhost_user.protocol import Request
+from kvmlite.vmm.eventloop import EventLoop
 
 log = logging.getLogger("kvmlite.vhost_user")
 
@@ -68,7 +68,7 @@ class VringHandlers:
 
     path: str
     device: Any
-    _sel: selectors.BaseSelector
+    loop: EventLoop
 
     def _vring(self, s: Any, index: int, req: Request) -> Vring:
         if not 0 <= index < len(s.vrings):
@@ -206,7 +206,7 @@ class VringHandlers:
                 )
                 s.active = True
         assert v.kick_fd is not None
-        self._sel.register(v.kick_fd, selectors.EVENT_READ, lambda: self._on_kick(index))
+        self.loop.add_reader(v.kick_fd, lambda: self._on_kick(index))
         v.started = True
         if v.enabled:
             self.device.process_queue(index)  # chains made available before the kick fd came
@@ -214,7 +214,7 @@ class VringHandlers:
     def _stop_ring(self, v: Vring) -> None:
         if v.kick_fd is not None:
             if v.started:
-                self._sel.unregister(v.kick_fd)
+                self.loop.remove_reader(v.kick_fd)
             os.close(v.kick_fd)
             v.kick_fd = None
         v.started = False

@@ -6,13 +6,17 @@ import contextlib
 import logging
 import os
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from kvmlite.devices.virtio import VirtioRng
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
 from kvmlite.testing import MockDriver
 from kvmlite.vhost_user import protocol as p
+from kvmlite.vhost_user.backend import VhostUserBackend
 from kvmlite.vhost_user.protocol import Request
 
 from .conftest import DISK_SIZE, Served
@@ -280,3 +284,36 @@ def test_memory_table_replaced_while_running(blk: tuple[Served, Path], frontends
     moved = [p.MemoryRegion(1 << 32, f.ram_size, USER_BASE, 0)]
     assert f.set_mem_table(moved) == 1
     assert do_request(f, drv, req, [512, 1]).length == 513
+
+
+def test_a_watch_callback_that_raises_does_not_stop_the_backend(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device backend's callback with a bug is logged; serve_forever keeps going."""
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    calls: list[int] = []
+
+    def boom() -> None:
+        calls.append(os.eventfd_read(efd))
+        raise RuntimeError("bug in a watched callback")
+
+    server = VhostUserBackend(VirtioRng(), str(tmp_path / "rng.sock"), watch=[(efd, boom)])
+    thread = threading.Thread(target=server.serve_forever)
+    try:
+        with caplog.at_level(logging.ERROR):
+            thread.start()
+            os.eventfd_write(efd, 1)
+            alive = threading.Event()
+            for _ in range(100):
+                if calls:
+                    break
+                time.sleep(0.05)
+            server.call_soon(alive.set)
+            assert alive.wait(5), "the loop died with the callback's exception"
+        assert calls == [1] and thread.is_alive()
+        assert "bug in a watched callback" in caplog.text
+    finally:
+        server.stop()
+        thread.join(5)
+        server.close()
+        os.close(efd)
