@@ -3,7 +3,7 @@
 One parser for both users of a network backend: ``kvmlite run -n SPEC`` and
 ``kvmlite serve net SPEC``::
 
-    user[,hostfwd=tcp::2222-:22]...[,mac=M][,queues=1]   passt, no root needed (default kind)
+    user[,hostfwd=tcp::2222-:22]...[,mac=M]   passt, no root needed (default kind)
     tap[,ifname=NAME][,queues=N][,script=PATH][,downscript=PATH][,vnet_hdr=off][,mac=M]
     socket,listen=PATH[,mac=M] | socket,connect=PATH[,mac=M]   4-byte length framing
     none
