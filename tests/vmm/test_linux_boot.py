@@ -45,15 +45,21 @@ def check_report(console: Expect) -> dict[str, list[str]]:
     return facts
 
 
-def boot_and_check(kernel, initrd, marker: str) -> tuple[dict[str, list[str]], int, float]:
-    t0 = time.monotonic()
-    console = kvmlite("-k", kernel, "-i", initrd, "-m", "64", "-c", "2", "-a", marker)
+def run_check(*args: object) -> tuple[dict[str, list[str]], int]:
+    """``kvmlite run ARGS`` with a check_init guest, to its end: the report, the exit status."""
+    console = kvmlite(*args)
     try:
         facts = check_report(console)
         console.wait_eof(120)
         status = console.process.wait(30)
     finally:
         console.close()
+    return facts, status
+
+
+def boot_and_check(kernel, initrd, marker: str) -> tuple[dict[str, list[str]], int, float]:
+    t0 = time.monotonic()
+    facts, status = run_check("-k", kernel, "-i", initrd, "-m", "64", "-c", "2", "-a", marker)
     return facts, status, time.monotonic() - t0
 
 

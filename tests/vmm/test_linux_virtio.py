@@ -12,16 +12,13 @@ from __future__ import annotations
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from kvmlite.testing.expect import Expect
-
-from .test_linux_boot import BOOT_TIMEOUT, check_report
+from .test_linux_boot import BOOT_TIMEOUT, run_check
 
 pytestmark = [
     pytest.mark.slow,
@@ -129,21 +126,14 @@ def test_virtio_devices_with_linux_drivers(guest, tmp_path, transport):
     port_peer.start()
     net_peer = NetPeer(tmp_path / "net.sock")
     net_peer.start()
-    argv = [sys.executable, "-m", "kvmlite.cli", "run", "--console", "stdio",
-            "-k", str(vmlinux), "-i", str(initrd), "-m", "64",
+    args = ["-k", str(vmlinux), "-i", str(initrd), "-m", "64",
             "-d", f"{disk},serial=kvmlite0", "--rng", "--virtio-console", f"unix:{sock}",
             "--virtio-port", f"org.kvmlite.test=unix:{port_sock}",
             "-n", f"socket,connect={tmp_path / 'net.sock'},mac=52:54:00:00:00:07",
             "--virtio-transport", transport.split("-")[0]]  # fmt: skip
     if transport == "pci-intx":
-        argv += ["-a", "pci=nomsi"]
-    console = Expect.spawn(argv)
-    try:
-        facts = check_report(console)
-        console.wait_eof(120)
-        status = console.process.wait(30)
-    finally:
-        console.close()
+        args += ["-a", "pci=nomsi"]
+    facts, status = run_check(*args)
     peer.join(10)
     port_peer.join(10)
     net_peer.join(10)
