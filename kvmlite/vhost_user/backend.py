@@ -226,18 +226,22 @@ class VhostUserBackend(VringHandlers):
         self.loop.remove_reader(s.conn.fileno())
         s.conn.close()
         s.channel.close()
-        self._drain()
-        for v in s.vrings:
-            self._stop_ring(v)
-            v.call.set_fd(None)
-            close_fd(v.err_fd)
-            v.err_fd = None
-            v.queue.reset()  # drops its cached views of guest RAM
-        self.device.reset()
-        if s.mem is not None:
-            s.mem.close()
-        if not self._stopping:
-            self.loop.add_reader(self._listener.fileno(), self._accept)
+        try:
+            self._drain()
+            for v in s.vrings:
+                self._stop_ring(v)
+                v.call.set_fd(None)
+                close_fd(v.err_fd)
+                v.err_fd = None
+                v.queue.reset()  # drops its cached views of guest RAM
+            self.device.reset()
+        finally:
+            # Even when a device's reset fails (a bug, logged by the loop) the memory
+            # goes and the next front-end is served; otherwise the back-end hangs.
+            if s.mem is not None:
+                s.mem.close()
+            if not self._stopping:
+                self.loop.add_reader(self._listener.fileno(), self._accept)
 
     def _drain(self) -> None:
         drain = getattr(self.device, "drain", None)

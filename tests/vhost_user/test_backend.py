@@ -239,6 +239,28 @@ def test_frontend_dies_mid_io_and_a_new_one_connects(
         assert disk[8 * i * 512 : (8 * i + 8) * 512] in (data, bytes(4096))
 
 
+def test_device_reset_failing_at_disconnect_still_serves_the_next(
+    blk: tuple[Served, Path], frontends: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served, _ = blk
+    device = served.backend.device
+    real_reset = device.reset
+    failed: list[bool] = []
+
+    def reset_once() -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("device reset bug")
+        real_reset()
+
+    monkeypatch.setattr(device, "reset", reset_once)
+    f = connect(served, frontends)
+    start_blk(f)
+    f.sock.close()
+    check_next_frontend_works(served, frontends)
+    assert failed and served.thread.is_alive()
+
+
 def test_two_region_memory_table(blk: tuple[Served, Path], frontends: list) -> None:
     """Rings in the second region, at a high guest address: user->guest translation."""
     served, image = blk
