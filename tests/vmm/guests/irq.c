@@ -8,20 +8,12 @@
  * Prints "lapic ok", "pit ok", "uart ok" and exits 0; a source that never
  * fires ends in a timeout and exit code 10+n.
  */
+#include "idt.h"
 #include "lib.h"
 
 #define LAPIC 0xfee00000UL
 #define IOAPIC 0xfec00000UL
 
-struct idt_entry {
-	u16 off_lo, sel;
-	u8 ist, type;
-	u16 off_mid;
-	u32 off_hi, zero;
-} __attribute__((packed));
-
-struct interrupt_frame;
-static struct idt_entry idt[256] __attribute__((aligned(16)));
 static volatile u32 ticks[3];
 
 static void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC + reg, v); }
@@ -50,12 +42,6 @@ __attribute__((interrupt)) static void uart_isr(struct interrupt_frame *f)
 	eoi();
 }
 
-static void set_gate(int vec, void (*fn)(struct interrupt_frame *))
-{
-	u64 a = (u64)fn;
-	idt[vec] = (struct idt_entry){(u16)a, 0x08, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
-}
-
 static void ioapic_route(int pin, u8 vector)
 {
 	mmio_write32(IOAPIC, 0x10 + 2 * pin + 1);
@@ -76,15 +62,10 @@ static int wait_ticks(int i, u32 n)
 
 int main(void)
 {
-	struct {
-		u16 limit;
-		u64 base;
-	} __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-
 	set_gate(0x30, lapic_isr);
 	set_gate(0x20, pit_isr);
 	set_gate(0x24, uart_isr);
-	__asm__ volatile("lidt %0" : : "m"(idtr));
+	load_idt();
 	outb(0x21, 0xff); /* mask the 8259s: interrupts come through the IOAPIC */
 	outb(0xa1, 0xff);
 	lapic_write(0xf0, 0x1ff); /* SVR: enable, spurious vector 0xff */

@@ -10,6 +10,7 @@
 #ifndef VBLK_IRQ_H
 #define VBLK_IRQ_H
 
+#include "idt.h"
 #include "lib.h"
 #include "vblk_pci.h"
 
@@ -40,18 +41,10 @@
 
 #define EXIT_EXCEPTION 40
 
-struct idt_entry {
-	u16 off_lo, sel;
-	u8 ist, type;
-	u16 off_mid;
-	u32 off_hi, zero;
-} __attribute__((packed));
-
 struct interrupt_frame {
 	u64 rip, cs, rflags, rsp, ss;
 };
 
-static struct idt_entry idt[256] __attribute__((aligned(16)));
 static volatile u32 queue_irqs, config_irqs, watchdog_ticks;
 
 static void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC_BASE + reg, v); }
@@ -103,13 +96,6 @@ EXCEPTION_STUB(5) EXCEPTION_STUB(6) EXCEPTION_STUB(7) EXCEPTION_STUB(8) EXCEPTIO
 EXCEPTION_STUB(10) EXCEPTION_STUB(11) EXCEPTION_STUB(12) EXCEPTION_STUB(13) EXCEPTION_STUB(14)
 EXCEPTION_STUB(15) EXCEPTION_STUB(16) EXCEPTION_STUB(17) EXCEPTION_STUB(18) EXCEPTION_STUB(19)
 
-static void set_gate(int vec, void (*fn)(struct interrupt_frame *))
-{
-	u64 a = (u64)fn;
-	/* 64-bit interrupt gate (type 0xE), present, DPL 0, kernel CS 0x08 from start.S. */
-	idt[vec] = (struct idt_entry){(u16)a, 0x08, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
-}
-
 static void (*const exception_stubs[20])(struct interrupt_frame *) = {
 	exc0, exc1, exc2, exc3, exc4, exc5, exc6, exc7, exc8, exc9,
 	exc10, exc11, exc12, exc13, exc14, exc15, exc16, exc17, exc18, exc19,
@@ -119,18 +105,13 @@ static void (*const exception_stubs[20])(struct interrupt_frame *) = {
  * Interrupts stay disabled except inside irq_wait(). */
 static void irq_init(void)
 {
-	struct {
-		u16 limit;
-		u64 base;
-	} __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-
 	for (int v = 0; v < 20; v++)
 		set_gate(v, exception_stubs[v]);
 	set_gate(VEC_QUEUE, queue_isr);
 	set_gate(VEC_CONFIG, config_isr);
 	set_gate(VEC_WATCHDOG, watchdog_isr);
 	set_gate(VEC_SPURIOUS, spurious_isr);
-	__asm__ volatile("lidt %0" : : "m"(idtr));
+	load_idt();
 	outb(0x21, 0xff);
 	outb(0xa1, 0xff);
 	lapic_write(LAPIC_SVR, (lapic_read(LAPIC_SVR) & ~0xffu) | LAPIC_SVR_ENABLE | VEC_SPURIOUS);
