@@ -42,6 +42,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -81,7 +82,8 @@ def default_protocol_features(device: VirtioDevice) -> int:
     return PROTOCOL_FEATURES
 
 
-#: How long a started message may take to arrive whole before we give up on it.
+#: How long a started message may take to arrive whole before we give up on it
+#: (the whole message, so a front-end trickling bytes cannot hold the loop longer).
 MESSAGE_TIMEOUT_S = 5.0
 #: How long GET_VRING_BASE / disconnect wait for in-flight I/O.
 DRAIN_TIMEOUT_S = 10.0
@@ -289,9 +291,12 @@ class VhostUserBackend(VringHandlers):
             return None
         if flags & socket.MSG_CTRUNC:
             raise ProtocolError(f"more than {p.VHOST_MEMORY_MAX_NREGIONS} fds in one message")
-        data += _recv_exact(conn, p.HEADER_SIZE - len(data))
+        deadline = time.monotonic() + MESSAGE_TIMEOUT_S
+        data += _recv_exact(conn, p.HEADER_SIZE - len(data), deadline)
         hdr = p.parse_header(data)
-        return hdr, _recv_exact(conn, hdr.size)
+        payload = _recv_exact(conn, hdr.size, deadline)
+        conn.settimeout(MESSAGE_TIMEOUT_S)  # for the reply's sendall
+        return hdr, payload
 
     def _reply(self, s: _Session, request: int, payload: bytes) -> None:
         s.conn.sendall(p.encode(request, payload, reply=True))
@@ -454,10 +459,11 @@ _REPLYING = frozenset(
 )
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         try:
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))
             chunk = conn.recv(n - len(buf))
         except TimeoutError:
             raise ProtocolError(f"message truncated: {len(buf)} of {n} bytes arrived") from None

@@ -15,6 +15,7 @@ import pytest
 from kvmlite.devices.virtio import VirtioRng
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
 from kvmlite.testing import MockDriver
+from kvmlite.vhost_user import backend as backend_module
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.backend import VhostUserBackend
 from kvmlite.vhost_user.protocol import Request
@@ -259,6 +260,24 @@ def test_device_reset_failing_at_disconnect_still_serves_the_next(
     f.sock.close()
     check_next_frontend_works(served, frontends)
     assert failed and served.thread.is_alive()
+
+
+def test_a_trickled_message_is_bounded_as_a_whole(
+    blk: tuple[Served, Path], frontends: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that each come within the timeout still may not hold the loop longer."""
+    monkeypatch.setattr(backend_module, "MESSAGE_TIMEOUT_S", 0.5)
+    served, _ = blk
+    f = connect(served, frontends)
+    message = p.encode(Request.SET_FEATURES, p.u64(0))
+    start = time.monotonic()
+    with contextlib.suppress(OSError):  # the back-end may close while we still send
+        for byte in message:
+            f.sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+    assert f.closed_by_backend()
+    assert time.monotonic() - start < 0.2 * len(message)
+    check_next_frontend_works(served, frontends)
 
 
 def test_two_region_memory_table(blk: tuple[Served, Path], frontends: list) -> None:
