@@ -6,7 +6,7 @@ such a dataclass into bytes and back, guided only by the dataclass's type
 hints, so a snapshot or migration stream never contains code (unlike pickle)
 and a malformed stream gives ``StateError`` rather than arbitrary objects.
 
-Supported field types: int, float, bool, str, bytes, None, enums, nested
+Supported field types: int, float, bool, str, bytes, Path, None, enums, nested
 dataclasses, ``X | None``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``,
 ``dict[K, V]`` (K int or str).
 """
@@ -19,6 +19,7 @@ import enum
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kvmlite.errors import StateError
@@ -32,6 +33,8 @@ def to_plain(obj: Any) -> Any:
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, enum.Enum):
         return to_plain(obj.value)
+    if isinstance(obj, Path):
+        return str(obj)
     if isinstance(obj, bytes | bytearray | memoryview):
         return {"b64": base64.b64encode(bytes(obj)).decode()}
     if isinstance(obj, tuple | list):
@@ -105,6 +108,8 @@ def from_plain(tp: Any, data: Any, where: str = "state") -> Any:
                 raise StateError(f"{where}: bad mapping entry")
             out[from_plain(args[0], pair[0], where)] = from_plain(args[1], pair[1], where)
         return out
+    if tp is Path and isinstance(data, str):
+        return Path(data)
     if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
         return float(data)
     if tp in (int, str, bool) and type(data) is tp:

@@ -72,11 +72,12 @@ def serve_device(
 
 def cmd_blk(a: argparse.Namespace) -> int:
     from kvmlite.backends.block import open_image  # noqa: PLC0415
+    from kvmlite.config import DriveConfig  # noqa: PLC0415
     from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock  # noqa: PLC0415
-    from kvmlite.vmm.config import DiskConfig  # noqa: PLC0415
 
-    disk = DiskConfig.parse(a.image)
-    image = open_image(str(disk.path), disk.format, disk.read_only, disk.direct)
+    disk = DriveConfig.parse(a.image)
+    fmt = disk.format.value if disk.format else None
+    image = open_image(str(disk.path), fmt, disk.read_only, disk.direct)
     executor = ThreadPoolIoExecutor()
     try:
         dev = VirtioBlock(

@@ -1,7 +1,7 @@
 """``kvmlite serve net``: virtio-net over vhost-user (vhost-user.rst, QEMU ``-netdev vhost-user``).
 
 The network backend comes from the same ``-n`` spec as ``kvmlite run``
-(kvmlite/backends/net/spec.py): ``user[,hostfwd=...]`` (passt), ``tap[,...]``
+(kvmlite/config/net.py): ``user[,hostfwd=...]`` (passt), ``tap[,...]``
 or ``socket,listen=PATH`` / ``socket,connect=PATH``; one backend per queue
 pair (``tap,queues=N``; QEMU then needs ``-netdev vhost-user,queues=N`` and
 ``-device virtio-net-pci,mq=on``).
@@ -20,15 +20,16 @@ DEFAULT_MAC = "52:54:00:12:34:56"
 
 
 def cmd_net(a: argparse.Namespace) -> int:
-    from kvmlite.backends.net.spec import NetSpec  # noqa: PLC0415 - start-up time
+    from kvmlite.backends.net.open import open_net  # noqa: PLC0415 - start-up time
+    from kvmlite.config.net import NetConfig, NetKind  # noqa: PLC0415
     from kvmlite.devices.virtio import VirtioNet  # noqa: PLC0415
     from kvmlite.serve import serve_device  # noqa: PLC0415
     from kvmlite.vhost_user.wiring import wire_net  # noqa: PLC0415
 
-    spec = NetSpec.parse(a.spec)
-    if spec.kind == "none":
+    spec = NetConfig.parse(a.spec)
+    if spec.kind is NetKind.NONE:
         raise ConfigError("kvmlite serve net needs a network: user, tap or socket (not none)")
-    backends = spec.open(name="vhost-net")
+    backends = open_net(spec, name="vhost-net")
     try:
         dev = VirtioNet(backends, mac=spec.mac or DEFAULT_MAC, queue_size=a.queue_size)
         return serve_device(dev, a.socket, wire=lambda server: wire_net(server, dev, backends))

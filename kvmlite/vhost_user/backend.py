@@ -50,12 +50,12 @@ from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.queue import VirtQueue
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
 from kvmlite.errors import ConfigError
+from kvmlite.eventloop import EventLoop
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import BackendChannel
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
 from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
 from kvmlite.vhost_user.vrings import CallInterrupt, Vring, VringHandlers, close_fd
-from kvmlite.vmm.eventloop import EventLoop
 
 log = logging.getLogger("kvmlite.vhost_user")
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
+from kvmlite.eventloop import EventLoop
 from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import ConfigChangeInterrupt
 from kvmlite.vhost_user.memmap import BackendError
 from kvmlite.vhost_user.protocol import Request
-from kvmlite.vmm.eventloop import EventLoop
 
 log = logging.getLogger("kvmlite.vhost_user")
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.eventloop import EventLoop
 
 log = logging.getLogger(__name__)
 

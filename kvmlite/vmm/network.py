@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Each ``-n`` spec opens its backends (``NetSpec.open``: one per queue pair)
+Each ``-n`` spec opens its backends (``open_net``: one per queue pair)
 and a ``VirtioNet`` over them, on the transport the user chose. Every
 backend's ``fileno()`` stays the same fd for the backend's life (an internal
 epoll fd for sockets and taps), so the I/O loop watches it once:
@@ -24,29 +24,30 @@ watched; the guest keeps running with its link down.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kvmlite.backends.net.base import NetBackend
+from kvmlite.config.net import NetKind, default_mac
+
+if TYPE_CHECKING:
+    from kvmlite.devices.virtio.net import VirtioNet
+    from kvmlite.vmm.machine import Machine
+    from kvmlite.vmm.virtio import VirtioWiring
+
+__all__ = ["add_networks", "default_mac"]
 
 log = logging.getLogger(__name__)
 
-#: QEMU's default MAC prefix (52:54:00: locally administered); NIC n gets ...:56+n.
-DEFAULT_MAC = 0x525400123456
 
-
-def default_mac(index: int) -> str:
-    """The MAC address of NIC ``index`` when the user gave none."""
-    value = DEFAULT_MAC + index
-    return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
-
-
-def add_networks(machine: Any, config: Any, wiring: Any, add: Any) -> None:
+def add_networks(machine: Machine, wiring: VirtioWiring) -> None:
     """Add one virtio-net per ``config.nets`` entry (kind "none" adds nothing)."""
-    from kvmlite.devices.virtio.net import VirtioNet
+    from kvmlite.backends.net.open import open_net  # noqa: PLC0415
+    from kvmlite.devices.virtio.net import VirtioNet  # noqa: PLC0415
 
-    for n, spec in enumerate(s for s in config.nets if s.kind != "none"):
-        name = f"net{n}"
-        backends = spec.open(name=name)
+    for n, spec in enumerate(machine.config.active_nets):
+        name = spec.id or f"net{n}"
+        backends = open_net(spec, name=name)
         for backend in backends:
             machine.closers.append(backend.close)
         device = VirtioNet(backends, mac=spec.mac or default_mac(n), name=name)
@@ -56,14 +57,16 @@ def add_networks(machine: Any, config: Any, wiring: Any, add: Any) -> None:
             assert fd is not None, f"{name}: a backend without an fd cannot be watched"
             machine.loop.add_reader(fd, _reader(machine, wiring, device, pair, backend))
             machine.closers.append(lambda fd=fd: machine.loop.remove_reader(fd))
-        machine.devices[name] = add(device)
-        if spec.kind == "user":
+        wiring.add(name, device)
+        if spec.kind is NetKind.USER:
             # Where the user looks for it: the guest's side of the forwards.
             for rule in spec.hostfwd:
                 log.info("%s: host port forward %s", name, rule)
 
 
-def _reader(machine: Any, wiring: Any, device: Any, pair: int, backend: NetBackend) -> Any:
+def _reader(
+    machine: Machine, wiring: VirtioWiring, device: VirtioNet, pair: int, backend: NetBackend
+) -> Callable[[], None]:
     def on_readable() -> None:
         backend.service()
         if not backend.closed:

@@ -16,8 +16,10 @@ A device model (``kvmlite.devices.virtio``) sits behind a transport:
   QueueNotify register gets an ioeventfd with a datamatch per queue index.
 
 Every device of this module, its transport and the PCI root are touched
-under one lock (``machine.dev_lock``): from vCPU threads for register
-accesses, from the I/O loop for notifications and I/O completions.
+under one lock (``machine.dev_lock``, level 1 of kvmlite/vmm/locking.py):
+from vCPU threads for register accesses, from the I/O loop for
+notifications and I/O completions. ``add`` hands that lock to the device
+and records it in the machine's device manager.
 """
 
 from __future__ import annotations
@@ -25,10 +27,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kvmlite.config import Transport
+from kvmlite.vmm.devices import BusKind, DeviceEntry, Placement
 from kvmlite.vmm.irq import IrqfdInterrupt, KvmIrqLine
 from kvmlite.vmm.locking import LockedDevice
+
+if TYPE_CHECKING:
+    from kvmlite.devices.pci.root import PciRoot
+    from kvmlite.devices.virtio.device import VirtioDevice
+    from kvmlite.vmm.gsi import GsiRouter
+    from kvmlite.vmm.machine import Machine
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +53,12 @@ NOTIFY_LEN = 2
 class VirtioWiring:
     """Adds virtio devices to a machine being built (see kvmlite/vmm/builder.py)."""
 
-    def __init__(self, machine: Any, router: Any, pci: Any) -> None:
+    def __init__(self, machine: Machine, router: GsiRouter, pci: PciRoot) -> None:
         self.machine = machine
         self.router = router
         self.pci = pci
         self.lock = machine.dev_lock
+        self.transport = machine.config.machine.virtio_transport
         self.pci_devices: list[Any] = []
         self.mmio_count = 0
         self.cmdline: list[str] = []
@@ -60,6 +71,17 @@ class VirtioWiring:
             os.close(fd)
         self._notify_fds.clear()
 
+    def add(self, id: str, device: VirtioDevice) -> DeviceEntry[Any]:
+        """Put ``device`` on the transport the user chose; record it as ``id``."""
+        device.use_lock(self.lock)
+        if self.transport is Transport.PCI:
+            transport, placement = self.add_pci(device)
+        else:
+            transport, placement = self.add_mmio(device)
+        return self.machine.devices.add(
+            id, device, transport=transport, placements=(placement,), lock=self.lock
+        )
+
     def locked(self, fn: Callable[[], Any]) -> Callable[[], None]:
         def call() -> None:
             with self.lock:
@@ -69,7 +91,7 @@ class VirtioWiring:
 
     # -- virtio-pci -------------------------------------------------------------
 
-    def add_pci(self, device: Any) -> Any:
+    def add_pci(self, device: VirtioDevice) -> tuple[Any, Placement]:
         """Put ``device`` on PCI bus 0 behind a virtio-pci transport."""
         from kvmlite.devices.virtio.pci import VirtioPciDevice
 
@@ -91,12 +113,12 @@ class VirtioWiring:
             irqfd = IrqfdInterrupt(vm, gsis[vector])
             self.machine.closers.append(irqfd.close)
             transport.msix.set_vector_interrupt(vector, irqfd)
-        self.pci.add_device(transport)
+        slot = self.pci.add_device(transport)
         # Every decode change maps or unmaps the BAR, including the first
         # placement by PciRoot.allocate_bars at build time.
         transport.on_bar_change = self._bar_moved
         self.pci_devices.append(transport)
-        return transport
+        return transport, Placement(BusKind.PCI, slot)
 
     def _map_bar(self, transport: Any, index: int, address: int) -> None:
 
@@ -142,7 +164,7 @@ class VirtioWiring:
 
     # -- virtio-mmio ------------------------------------------------------------------
 
-    def add_mmio(self, device: Any) -> Any:
+    def add_mmio(self, device: VirtioDevice) -> tuple[Any, Placement]:
         """Put ``device`` behind a virtio-mmio transport; announces it on the cmdline."""
         from kvmlite.devices.virtio.mmio import (
             MMIO_SIZE,
@@ -165,7 +187,7 @@ class VirtioWiring:
             self.machine.loop.add_reader(fd, self._notifier(fd, transport, queue))
             self.machine.closers.append(lambda fd=fd: os.close(fd))
         self.cmdline.append(cmdline_fragment(base, MMIO_SIZE, irq))
-        return transport
+        return transport, Placement(BusKind.MMIO, base, MMIO_SIZE, irq)
 
     # -- I/O loop hooks -------------------------------------------------------------
 

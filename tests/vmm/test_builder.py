@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.config import CharConfig, DriveConfig, RngConfig, VirtioConsoleConfig
 from kvmlite.errors import ImageError
+from kvmlite.testing.configs import guest_config
 from kvmlite.vmm.builder import build_vm
-from kvmlite.vmm.config import DiskConfig, VmConfig
 
 pytestmark = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
@@ -25,13 +26,11 @@ def test_bad_kernel_after_devices_leaves_no_fd_open(tmp_path: Path) -> None:
     junk.write_bytes(b"\x7fELF" + b"\0" * 60)  # an ELF header that says nothing useful
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
-    config = VmConfig(
-        kernel=junk,
-        memory=32 << 20,
-        console="null",
-        disks=[DiskConfig(disk)],
-        rng=0,
-        virtio_console="null",
+    config = guest_config(
+        junk,
+        drives=(DriveConfig(disk),),
+        rng=RngConfig(),
+        virtio_console=VirtioConsoleConfig(CharConfig.parse("null")),
     )
     before = open_fds()
     with pytest.raises(ImageError):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.testing.configs import guest_config
 from kvmlite.testing.guests import GUEST_DIR, build_guest
 from kvmlite.vmm.builder import build_vm
-from kvmlite.vmm.config import VmConfig
 from kvmlite.vmm.machine import ExitReason
 
 pytestmark = pytest.mark.skipif(
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_pause_inspect_resume_and_stop(tmp_path: Path) -> None:
     elf = build_guest(GUEST_DIR / "spin.c", tmp_path, kind="pvh")  # spins, no exits
-    machine = build_vm(VmConfig(kernel=elf, memory=32 << 20, cpus=2, console="null"))
+    machine = build_vm(guest_config(elf, cpus=2))
     runner = threading.Thread(target=lambda: setattr(machine, "outcome", machine.run()))
     runner.start()
     try:

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from kvmlite.backends.net.spec import NetSpec
+from kvmlite.config import NetConfig, VmConfig
+from kvmlite.config.net import default_mac
+from kvmlite.devices.pci.root import PciRoot
+from kvmlite.devices.virtio.net import VirtioNet
 from kvmlite.errors import ConfigError
 from kvmlite.testing import bytearray_memory
+from kvmlite.testing.configs import guest_config
 from kvmlite.testing.guests import GUEST_DIR, build_guest
 from kvmlite.testing.mock_driver import attach_drivers
 from kvmlite.vmm.builder import build_vm
-from kvmlite.vmm.config import VmConfig
 from kvmlite.vmm.machine import ExitReason
-from kvmlite.vmm.network import default_mac
 
 from .tinyguests import kvmlite_run
 
@@ -42,10 +44,10 @@ def test_default_macs_are_distinct_and_a_clash_is_refused(tmp_path: Path) -> Non
     assert default_mac(0) == "52:54:00:12:34:56"
     assert default_mac(1) == "52:54:00:12:34:57"
     nets = ["none", "tap,mac=52:54:00:12:34:57", "tap"]  # "none" is not a NIC
-    clash = VmConfig(nets=[NetSpec.parse(n) for n in nets])
     with pytest.raises(ConfigError, match="same MAC"):
-        clash.validate()  # the second NIC's default MAC is the one the first was given
-    VmConfig(nets=[NetSpec.parse(n) for n in ["none", "tap", "tap"]]).validate()
+        # the second NIC's default MAC is the one the first was given
+        VmConfig(nets=tuple(NetConfig.parse(n) for n in nets))
+    VmConfig(nets=tuple(NetConfig.parse(n) for n in ["none", "tap", "tap"]))
 
 
 @needs_kvm
@@ -56,12 +58,14 @@ def test_two_nics_on_the_pci_bus(spin: Path, tmp_path: Path) -> None:
         s.bind(str(tmp_path / f"n{i}.sock"))
         s.listen(1)
         servers.append(s)
-    nets = [NetSpec.parse(f"socket,connect={tmp_path / f'n{i}.sock'}") for i in range(2)]
-    machine = build_vm(VmConfig(kernel=spin, memory=32 << 20, console="null", nets=nets))
+    nets = [NetConfig.parse(f"socket,connect={tmp_path / f'n{i}.sock'}") for i in range(2)]
+    machine = build_vm(guest_config(spin, nets=tuple(nets)))
     try:
-        macs = [machine.devices[f"net{i}"].device.mac.hex(":") for i in range(2)]
+        macs = [machine.devices.get(f"net{i}", VirtioNet).mac.hex(":") for i in range(2)]
         assert macs == [default_mac(0), default_mac(1)]
-        functions = [t for _, t in machine.devices["pci"].devices() if hasattr(t, "device")]
+        functions = [
+            t for _, t in machine.devices.get("pci", PciRoot).devices() if hasattr(t, "device")
+        ]
         assert [t.device.name for t in functions] == ["net0", "net1"]
     finally:
         machine.close()
@@ -77,9 +81,7 @@ def test_a_backend_that_goes_away_leaves_the_guest_running(
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
-    config = VmConfig(
-        kernel=spin, memory=32 << 20, console="null", nets=[NetSpec.parse(f"socket,connect={path}")]
-    )
+    config = guest_config(spin, nets=(NetConfig.parse(f"socket,connect={path}"),))
     machine = build_vm(config)
     runner = threading.Thread(target=lambda: setattr(machine, "outcome", machine.run()))
     caplog.set_level(logging.ERROR, logger="kvmlite.vmm.network")
@@ -87,7 +89,7 @@ def test_a_backend_that_goes_away_leaves_the_guest_running(
     try:
         # A driver activates the NIC (no receive buffers yet): an idle NIC reads
         # nothing, so only a NIC in use notices its peer leaving.
-        device = machine.devices["net0"].device
+        device = machine.devices.get("net0", VirtioNet)
         with machine.dev_lock:
             attach_drivers(device, bytearray_memory(1 << 20), features=device.avail_features)
         conn, _ = server.accept()
@@ -97,7 +99,7 @@ def test_a_backend_that_goes_away_leaves_the_guest_running(
             time.sleep(0.05)
         assert "net0: the network backend is gone" in caplog.text
         assert runner.is_alive()  # the guest keeps running ...
-        assert machine.devices["net0"].device.link_up is False  # ... with its link down
+        assert machine.devices.get("net0", VirtioNet).link_up is False  # ... with its link down
         machine.request_exit(ExitReason.QUIT, message="test done")
         runner.join(10)
         assert machine.outcome.reason is ExitReason.QUIT

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kvmlite.arch.x86 import bzimage, elf, layout, mptable, pvh
 from kvmlite.arch.x86.acpi import Ecam, build_acpi_tables
@@ -46,9 +47,43 @@ def read_image(path: str | os.PathLike[str], what: str) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class BootImages:
+    """A kernel and initrd read from their files, the kernel's format known."""
+
+    name: str
+    kernel: bytes
+    initrd: bytes | None
+    format: str  # "bzimage" or "elf"
+
+
+def kernel_format(data: bytes, name: str) -> str:
+    """Which loader takes this kernel; ImageError if none does."""
+    if bzimage.is_bzimage(data):
+        return "bzimage"
+    if elf.is_elf(data):
+        return "elf"
+    raise ImageError(
+        f"kernel {name} is neither a bzImage (no 'HdrS' header at 0x202) nor an ELF vmlinux:"
+        " pass arch/x86/boot/bzImage or vmlinux from a kernel build"
+    )
+
+
+def read_boot_images(
+    kernel_path: str | os.PathLike[str], initrd_path: str | os.PathLike[str] | None
+) -> BootImages:
+    """Read both files and check the kernel's format, before anything else is
+    built or opened (so a bad kernel changes nothing on the host, rule 7)."""
+    name = os.fspath(kernel_path)
+    data = read_image(kernel_path, "kernel")
+    fmt = kernel_format(data, name)
+    initrd = read_image(initrd_path, "initrd") if initrd_path is not None else None
+    return BootImages(name, data, initrd, fmt)
+
+
 def load_kernel(
     memory: GuestMemory,
-    kernel_path: str | os.PathLike[str],
+    kernel_path: str | os.PathLike[str] | BootImages,
     initrd_path: str | os.PathLike[str] | None,
     cmdline: str,
     *,
@@ -61,14 +96,17 @@ def load_kernel(
 ) -> BootPlan:
     """Place firmware tables, kernel, initrd and command line; return the boot plan.
 
-    ``pci_routes`` are (device, pin 0..3, IOAPIC pin = GSI) rows for the MP
-    table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio32`` is the
-    PCI root bridge's 32-bit window and ``mmio64`` an optional 64-bit one
-    (inclusive bounds).
+    The kernel is a path (read here, with ``initrd_path``) or ``BootImages``
+    read before. ``pci_routes`` are (device, pin 0..3, IOAPIC pin = GSI) rows
+    for the MP table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio32``
+    is the PCI root bridge's 32-bit window and ``mmio64`` an optional 64-bit
+    one (inclusive bounds).
     """
-    name = os.fspath(kernel_path)
-    data = read_image(kernel_path, "kernel")
-    initrd = read_image(initrd_path, "initrd") if initrd_path is not None else None
+    if isinstance(kernel_path, BootImages):
+        images = kernel_path
+    else:
+        images = read_boot_images(kernel_path, initrd_path)
+    name, data, initrd = images.name, images.kernel, images.initrd
 
     mptable.write_mptable(memory, num_vcpus, pci_routes)
     rsdp_addr = 0
@@ -79,11 +117,6 @@ def load_kernel(
         tables.write(memory)
         rsdp_addr = tables.rsdp_addr
 
-    if bzimage.is_bzimage(data):
+    if images.format == "bzimage":
         return bzimage.load_bzimage(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
-    if elf.is_elf(data):
-        return pvh.load_pvh(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
-    raise ImageError(
-        f"kernel {name} is neither a bzImage (no 'HdrS' header at 0x202) nor an ELF vmlinux:"
-        " pass arch/x86/boot/bzImage or vmlinux from a kernel build"
-    )
+    return pvh.load_pvh(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)

@@ -1,4 +1,4 @@
-"""Parsing a console option (``--serial SPEC``) into a backend."""
+"""Opening a character device's host side from its ``CharConfig``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,28 @@ from kvmlite.backends.char.null import NullBackend
 from kvmlite.backends.char.pty_backend import PtyBackend
 from kvmlite.backends.char.stdio import StdioBackend
 from kvmlite.backends.char.unix_socket import UnixSocketBackend
-from kvmlite.errors import ConfigError
+from kvmlite.config.char import CONSOLE_SPECS, CharConfig, CharKind
 
-CONSOLE_SPECS = "stdio, file:PATH, file:PATH,append=on, unix:PATH, pty, null"
-_APPEND_SUFFIX = ",append=on"
+__all__ = ["CONSOLE_SPECS", "open_char", "parse_console_spec"]
+
+
+def open_char(
+    config: CharConfig,
+    *,
+    on_quit: Callable[[], None] | None = None,
+    on_break: Callable[[], None] | None = None,
+) -> CharBackend:
+    """Open the backend ``config`` names; ``on_quit``/``on_break``: stdio's Ctrl-A x / b."""
+    if config.kind is CharKind.STDIO:
+        return StdioBackend(on_quit, on_break=on_break)
+    if config.kind is CharKind.PTY:
+        return PtyBackend()
+    if config.kind is CharKind.NULL:
+        return NullBackend()
+    assert config.path is not None
+    if config.kind is CharKind.FILE:
+        return FileBackend(str(config.path), append=config.append)
+    return UnixSocketBackend(str(config.path), server=True)
 
 
 def parse_console_spec(
@@ -22,24 +40,5 @@ def parse_console_spec(
     on_quit: Callable[[], None] | None = None,
     on_break: Callable[[], None] | None = None,
 ) -> CharBackend:
-    """Build the backend ``spec`` names; ``on_quit``/``on_break``: stdio's Ctrl-A x / b."""
-    kind, sep, arg = spec.partition(":")
-    if kind in ("stdio", "pty", "null") and sep:
-        raise ConfigError(f"console {spec!r}: {kind!r} takes no argument; use plain {kind!r}")
-    if kind == "stdio":
-        return StdioBackend(on_quit, on_break=on_break)
-    if kind == "pty":
-        return PtyBackend()
-    if kind == "null":
-        return NullBackend()
-    if kind in ("file", "unix"):
-        if not arg:
-            raise ConfigError(f"console {spec!r}: {kind} needs a path, as in {kind}:/tmp/console")
-        if kind == "file":
-            append = arg.endswith(_APPEND_SUFFIX)
-            path = arg[: -len(_APPEND_SUFFIX)] if append else arg
-            if not path:
-                raise ConfigError(f"console {spec!r}: file needs a path before ',append=on'")
-            return FileBackend(path, append=append)
-        return UnixSocketBackend(arg, server=True)
-    raise ConfigError(f"unknown console {spec!r}: expected one of {CONSOLE_SPECS}")
+    """Parse and open in one step (for ``kvmlite serve`` and tests)."""
+    return open_char(CharConfig.parse(spec), on_quit=on_quit, on_break=on_break)

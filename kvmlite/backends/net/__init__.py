@@ -3,8 +3,9 @@
 The interface every backend has is in ``base``; ``socket_stream`` carries
 frames over a unix stream socket (QEMU ``-netdev stream`` / passt framing),
 ``tap`` (``TapBackend``) a tap interface, ``passt`` (``PasstBackend``) the
-user-mode network; ``spec`` (``NetSpec``) parses ``-n`` and opens any of
-them. tap and passt are imported where used, to keep start-up short.
+user-mode network; ``open.open_net`` opens any of them from the ``-n``
+configuration (``kvmlite.config.net.NetConfig``). tap and passt are
+imported where used, to keep start-up short.
 """
 
 from kvmlite.backends.net.base import NetBackend

@@ -22,7 +22,9 @@ device processing queues until the driver resets it. Nothing a guest writes
 makes ``process_queue`` raise (DESIGN.md rule 6).
 
 All entry points take ``self.lock``: kicks arrive on the I/O loop thread,
-register writes (reset, MMIO notify) on vCPU threads.
+register writes (reset, MMIO notify) on vCPU threads. A program that owns a
+lock around the device and its transport already (kvmlite's VMM: see
+kvmlite/vmm/locking.py) hands it in with ``use_lock`` so only one is taken.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class VirtioDevice:
         """Tell the driver the config space changed (bumps config_generation)."""
         self.config_generation = (self.config_generation + 1) & 0xFF
         self.config_interrupt.trigger()
+
+    def use_lock(self, lock: threading.RLock) -> None:
+        """Guard the device with ``lock`` (re-entrant) instead of its own; call before use."""
+        self.lock = lock
 
     # -- lifecycle ----------------------------------------------------------------------
 

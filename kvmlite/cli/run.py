@@ -1,26 +1,29 @@
-"""The ``kvmlite`` command line: ``kvmlite run|img|serve ...``.
-
-``img`` lives in kvmlite/imgtool.py and ``serve`` (vhost-user) in kvmlite/serve/.
-
-``kvmlite run`` exit statuses: 0 the guest powered off (or the user quit
-from the console), 1 kvmlite failed (bad input, KVM error), 2 usage error,
-3 the guest rebooted, 4 the guest crashed; a test guest that writes a value
-to the debug-exit port ends kvmlite with that value as its status.
-"""
+"""``kvmlite run``: boot a kernel (the README lists every option)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from kvmlite.backends.net.spec import NetSpec
-from kvmlite.errors import ConfigError, KvmliteError
-from kvmlite.vmm.config import DiskConfig, VmConfig, parse_size
+from kvmlite.config import (
+    BootSource,
+    CharConfig,
+    DriveConfig,
+    HostQuirksMode,
+    MachineConfig,
+    NetConfig,
+    RngConfig,
+    Transport,
+    VirtioConsoleConfig,
+    VmConfig,
+    parse_size,
+)
+from kvmlite.errors import ConfigError
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="boot a Linux kernel (bzImage or vmlinux)",
@@ -107,28 +110,33 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="the KVM device to open (default /dev/kvm)",
     )
     p.add_argument("-v", "--verbose", action="count", default=0)
-    p.set_defaults(func=cmd_run)
 
 
 def config_from_args(args: argparse.Namespace) -> VmConfig:
+    """The command line as configuration resources (nothing is opened here)."""
+    console: VirtioConsoleConfig | None = None
+    if args.virtio_console is not None or args.virtio_port:
+        console = VirtioConsoleConfig(
+            CharConfig.parse(args.virtio_console or "null"),
+            tuple((name, CharConfig.parse(spec)) for name, spec in map(_port, args.virtio_port)),
+        )
     return VmConfig(
-        kernel=args.kernel,
-        initrd=args.initrd,
-        cmdline=args.append,
-        memory=parse_size(args.memory),
-        cpus=args.cpus,
-        cpu_features=args.cpu_features,
-        console=args.console,
-        serial=args.serial,
-        acpi=not args.no_acpi,
-        host_quirks=args.host_quirks,
-        disks=[DiskConfig.parse(d) for d in args.disk],
-        nets=[NetSpec.parse(n) for n in args.net],
-        kvm_path=args.kvm_device,
-        rng=None if args.rng is None else int(parse_size(args.rng, default_unit="B")),
-        virtio_console=args.virtio_console,
-        virtio_ports=[_port(p) for p in args.virtio_port],
-        virtio_transport=args.virtio_transport,
+        machine=MachineConfig(
+            memory=parse_size(args.memory),
+            cpus=args.cpus,
+            cpu_features=args.cpu_features,
+            acpi=not args.no_acpi,
+            host_quirks=HostQuirksMode(args.host_quirks),
+            virtio_transport=Transport(args.virtio_transport),
+            kvm_path=args.kvm_device,
+        ),
+        boot=BootSource(args.kernel, args.initrd, args.append),
+        console=CharConfig.parse(args.console),
+        serial=tuple(CharConfig.parse(s) for s in args.serial),
+        drives=tuple(DriveConfig.parse(d) for d in args.disk),
+        nets=tuple(NetConfig.parse(n) for n in args.net),
+        rng=None if args.rng is None else RngConfig(parse_size(args.rng, default_unit="B")),
+        virtio_console=console,
     )
 
 
@@ -139,66 +147,22 @@ def _port(spec: str) -> tuple[str, str]:
     return name, backend
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from kvmlite.vmm.builder import build_vm
+def main(args: argparse.Namespace) -> int:
+    from kvmlite.vmm.actions import Quit, Start  # noqa: PLC0415
+    from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
     config = config_from_args(args)
-    machine = build_vm(config)
+    vmm = Vmm(config)
     try:
-        result = machine.run()
+        vmm.submit(Start(), timeout=None)
+        result = None
+        while result is None:
+            try:
+                result = vmm.wait(0.5)
+            except KeyboardInterrupt:
+                vmm.submit(Quit("interrupted"))
     finally:
-        machine.close()
+        vmm.close()
     if result.message and (result.status != 0 or args.verbose):
         print(f"kvmlite: {result.reason.value}: {result.message}", file=sys.stderr)
     return result.status
-
-
-def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvmlite", description="A small VMM for Linux/KVM.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
-    if argv is None or argv[:1] == ["img"]:
-        from kvmlite import imgtool
-
-        imgtool.register(sub)
-    else:  # listed in --help; the image tools load only when used (start-up time)
-        sub.add_parser("img", help="create, inspect, check and convert disk images")
-    if argv is None or argv[:1] == ["serve"]:
-        from kvmlite import serve
-
-        serve.register(sub)
-    else:
-        sub.add_parser("serve", help="serve a virtio device to another VMM over vhost-user")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    parser = make_parser(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if getattr(args, "verbose", 0) > 1
-        else logging.INFO
-        if getattr(args, "verbose", 0)
-        else logging.WARNING,
-        format="kvmlite: %(message)s",
-    )
-    if args.command == "img":
-        from kvmlite import imgtool
-
-        return imgtool.run(args)
-    if args.command == "serve":
-        from kvmlite import serve
-
-        return serve.run(args)
-    try:
-        return args.func(args)
-    except KvmliteError as e:
-        print(f"kvmlite: error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""NetSpec: the ``-n`` syntax shared by ``kvmlite run`` and ``kvmlite serve net``."""
+"""NetConfig: the ``-n`` syntax shared by ``kvmlite run`` and ``kvmlite serve net``."""
 
 from __future__ import annotations
 
@@ -8,32 +8,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvmlite.backends.net.open import open_net
 from kvmlite.backends.net.socket_stream import StreamSocketBackend
-from kvmlite.backends.net.spec import NetSpec
+from kvmlite.config.net import NetConfig, NetKind
 from kvmlite.errors import ConfigError
 
 
 def test_kinds_and_options() -> None:
-    tap = NetSpec.parse("tap,ifname=kt0,queues=4,script=/bin/up,vnet_hdr=off,mac=52:54:00:AA:bb:01")
+    tap = NetConfig.parse(
+        "tap,ifname=kt0,queues=4,script=/bin/up,vnet_hdr=off,mac=52:54:00:AA:bb:01"
+    )
     assert (tap.kind, tap.ifname, tap.queues, tap.script, tap.vnet_hdr, tap.mac) == (
-        "tap",
+        NetKind.TAP,
         "kt0",
         4,
         "/bin/up",
         False,
         "52:54:00:aa:bb:01",
     )
-    user = NetSpec.parse("user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53")
-    assert user.kind == "user"
-    assert user.hostfwd == ["tcp::2222-:22", "udp:127.0.0.1:5353-:53"]
-    assert NetSpec.parse("socket,listen=/tmp/x").listen == "/tmp/x"
-    assert NetSpec.parse("none").kind == "none"
+    user = NetConfig.parse("user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53")
+    assert user.kind is NetKind.USER
+    assert user.hostfwd == ("tcp::2222-:22", "udp:127.0.0.1:5353-:53")
+    assert NetConfig.parse("socket,listen=/tmp/x").listen == "/tmp/x"
+    assert NetConfig.parse("none").kind is NetKind.NONE
 
 
 def test_user_is_the_default_kind() -> None:
-    assert NetSpec.parse("").kind == "user"
-    spec = NetSpec.parse("hostfwd=tcp::2222-:22")
-    assert (spec.kind, spec.hostfwd) == ("user", ["tcp::2222-:22"])
+    assert NetConfig.parse("").kind is NetKind.USER
+    spec = NetConfig.parse("hostfwd=tcp::2222-:22")
+    assert (spec.kind, spec.hostfwd) == (NetKind.USER, ("tcp::2222-:22",))
 
 
 @pytest.mark.parametrize(
@@ -59,23 +62,23 @@ def test_user_is_the_default_kind() -> None:
 )
 def test_bad_specs_name_what_is_wrong(text: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
-        NetSpec.parse(text)
+        NetConfig.parse(text)
 
 
 @given(st.text(max_size=60))
 def test_any_text_parses_or_is_a_config_error(text: str) -> None:
     try:
-        spec = NetSpec.parse(text)
+        spec = NetConfig.parse(text)
     except ConfigError:
         return
-    assert spec.kind in ("user", "tap", "socket", "none")
+    assert NetConfig.parse(spec.spec_text()) == spec  # round-trips through its text
 
 
 def test_open_socket_backends(tmp_path) -> None:
     path = tmp_path / "n.sock"
-    [server] = NetSpec.parse(f"socket,listen={path}").open()
+    [server] = open_net(NetConfig.parse(f"socket,listen={path}"))
     try:
-        [client] = NetSpec.parse(f"socket,connect={path}").open()
+        [client] = open_net(NetConfig.parse(f"socket,connect={path}"))
         try:
             assert isinstance(client, StreamSocketBackend)
             assert client.connected
@@ -84,8 +87,8 @@ def test_open_socket_backends(tmp_path) -> None:
     finally:
         server.close()
     with pytest.raises(ConfigError, match="cannot connect"):
-        NetSpec.parse(f"socket,connect={tmp_path / 'missing'}").open()
-    assert NetSpec.parse("none").open() == []
+        open_net(NetConfig.parse(f"socket,connect={tmp_path / 'missing'}"))
+    assert open_net(NetConfig.parse("none")) == []
 
 
 def test_socket_backend_refuses_a_used_path(tmp_path) -> None:
@@ -94,6 +97,6 @@ def test_socket_backend_refuses_a_used_path(tmp_path) -> None:
     s.bind(str(path))
     try:
         with pytest.raises(ConfigError, match="cannot listen"):
-            NetSpec.parse(f"socket,listen={path}").open()
+            open_net(NetConfig.parse(f"socket,listen={path}"))
     finally:
         s.close()

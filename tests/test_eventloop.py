@@ -1,7 +1,7 @@
 import os
 import threading
 
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.eventloop import EventLoop
 
 
 def test_reader_call_soon_and_timer():

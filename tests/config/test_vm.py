@@ -2,8 +2,17 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.config import (
+    DEFAULT_CMDLINE,
+    BootSource,
+    DriveConfig,
+    ImageFormat,
+    MachineConfig,
+    VmConfig,
+    parse_size,
+)
+from kvmlite.config.machine import MAX_VCPUS
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.config import DEFAULT_CMDLINE, MAX_VCPUS, DiskConfig, VmConfig, parse_size
 from kvmlite.vmm.hostquirks import resolve
 
 
@@ -34,20 +43,20 @@ def test_parse_size_rejects(text):
 )
 def test_memory_out_of_range(mem, msg):
     with pytest.raises(ConfigError, match=msg):
-        VmConfig(memory=mem).validate()
+        MachineConfig(memory=mem)
 
 
 @pytest.mark.parametrize("cpus", [0, -1, MAX_VCPUS + 1])
 def test_cpus_out_of_range(cpus):
     with pytest.raises(ConfigError, match="vCPUs is out of range"):
-        VmConfig(cpus=cpus).validate()
+        MachineConfig(cpus=cpus)
 
 
 def test_kernel_checks(tmp_path: Path):
     with pytest.raises(ConfigError, match="does not exist"):
-        VmConfig(kernel=tmp_path / "nope").validate()
+        BootSource(tmp_path / "nope").check_host(64 << 20)
     with pytest.raises(ConfigError, match="not a regular file"):
-        VmConfig(kernel=tmp_path).validate()
+        BootSource(tmp_path).check_host(64 << 20)
 
 
 def test_initrd_too_large(tmp_path: Path):
@@ -57,19 +66,19 @@ def test_initrd_too_large(tmp_path: Path):
     with open(big, "wb") as f:
         f.truncate(64 << 20)
     with pytest.raises(ConfigError, match="does not fit"):
-        VmConfig(kernel=k, initrd=big, memory=64 << 20).validate()
+        BootSource(k, big).check_host(64 << 20)
 
 
 def test_disk_spec():
-    d = DiskConfig.parse("/x.img,ro,direct,serial=abc,format=qcow2")
+    d = DriveConfig.parse("/x.img,ro,direct,serial=abc,format=qcow2")
     assert (d.path, d.read_only, d.direct, d.serial, d.format) == (
         Path("/x.img"),
         True,
         True,
         "abc",
-        "qcow2",
+        ImageFormat.QCOW2,
     )
-    assert DiskConfig.parse("/x,queues=4").queues == 4
+    assert DriveConfig.parse("/x,queues=4").queues == 4
     for bad in [
         "",
         "/x,rw",
@@ -79,13 +88,14 @@ def test_disk_spec():
         "/x,queues=a",
     ]:
         with pytest.raises(ConfigError):
-            DiskConfig.parse(bad)
+            DriveConfig.parse(bad)
 
 
 def test_cmdline_defaults():
     assert VmConfig().full_cmdline() == DEFAULT_CMDLINE
-    assert VmConfig(cmdline="console=hvc0 quiet").full_cmdline("q=1") == "console=hvc0 quiet q=1"
-    assert VmConfig(cmdline="quiet").full_cmdline() == DEFAULT_CMDLINE + " quiet"
+    hvc0 = VmConfig(boot=BootSource(cmdline="console=hvc0 quiet"))
+    assert hvc0.full_cmdline("q=1") == "console=hvc0 quiet q=1"
+    assert VmConfig(boot=BootSource(cmdline="quiet")).full_cmdline() == DEFAULT_CMDLINE + " quiet"
 
 
 def test_host_quirks_switch(tmp_path: Path):

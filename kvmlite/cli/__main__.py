@@ -1,0 +1,7 @@
+"""``python -m kvmlite.cli``: the same as the ``kvmlite`` command."""
+
+import sys
+
+from kvmlite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The virtio devices of a machine: disks, NICs, entropy, console (in PCI slot order)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from kvmlite.vmm.console_io import wire_virtio_console_input
+from kvmlite.vmm.network import add_networks
+
+if TYPE_CHECKING:
+    from kvmlite.vmm.machine import Machine
+    from kvmlite.vmm.virtio import VirtioWiring
+
+
+def drive_id(index: int, given: str) -> str:
+    """A drive's id in the device manager: the user's, or disk0, disk1..."""
+    return given or f"disk{index}"
+
+
+def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
+    """Disks, NICs, entropy and console, on the transport the user chose."""
+    from kvmlite.backends.block import open_image  # noqa: PLC0415
+    from kvmlite.backends.char import open_char  # noqa: PLC0415
+    from kvmlite.devices.virtio import (  # noqa: PLC0415
+        ThreadPoolIoExecutor,
+        VirtioBlock,
+        VirtioConsole,
+        VirtioRng,
+    )
+
+    config = machine.config
+    if config.drives:
+        executor = ThreadPoolIoExecutor()
+        machine.closers.append(executor.close)
+        assert executor.completion_fd is not None
+        wiring.watch(executor.completion_fd, executor.run_completions)
+    for n, drive in enumerate(config.drives):
+        backend = open_image(
+            str(drive.path),
+            drive.format.value if drive.format else None,
+            read_only=drive.read_only,
+            direct=drive.direct,
+        )
+        machine.closers.append(backend.close)
+        blk = VirtioBlock(
+            backend, serial=drive.serial or "", num_queues=drive.queues, executor=executor
+        )
+        wiring.add(drive_id(n, drive.id), blk)
+    add_networks(machine, wiring)
+    if config.rng is not None:
+
+        def timer(delay: float, callback: Callable[[], None]) -> None:
+            machine.loop.call_later(delay, wiring.locked(callback))
+
+        rng = VirtioRng(rate_limit=config.rng.rate_limit or None, timer=timer)
+        wiring.add("rng", rng)
+    if config.virtio_console is not None:
+        hvc0 = open_char(config.virtio_console.hvc0)
+        machine.closers.append(hvc0.close)
+        ports = []
+        for name, spec in config.virtio_console.ports:
+            backend = open_char(spec)
+            machine.closers.append(backend.close)
+            ports.append((name, backend))
+        console = VirtioConsole(hvc0, ports=ports)
+        wiring.add("virtio-console", console)
+        wire_virtio_console_input(machine, wiring, console, [hvc0, *(b for _, b in ports)])
