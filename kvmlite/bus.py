@@ -99,7 +99,7 @@ class Bus:
             raise ConfigError(f"{self.name}: negative base {base:#x} for {_name(device)}")
         end = base + size
         with self._lock:
-            bases, ends, devices = (list(x) for x in self._table)
+            bases, ends, devices = list(self._table[0]), list(self._table[1]), list(self._table[2])
             i = bisect_right(bases, base)
             # Only the neighbours can overlap: the range before (if it runs
             # past base) and the range after (if it starts before end).
@@ -118,7 +118,7 @@ class Bus:
     def remove(self, base: int) -> BusDevice:
         """Take the device whose range starts at ``base`` off the bus and return it."""
         with self._lock:
-            bases, ends, devices = (list(x) for x in self._table)
+            bases, ends, devices = list(self._table[0]), list(self._table[1]), list(self._table[2])
             i = bisect_right(bases, base) - 1
             if i < 0 or bases[i] != base:
                 raise ConfigError(f"{self.name}: no device starts at {base:#x}")

@@ -80,6 +80,7 @@ class GuestMemory:
         self.regions = regions
         self._starts = [r.gpa for r in regions]
         self._ends = [r.end for r in regions]  # Region.end is a property: see _index
+        self._fd: int | None = None  # the memfd behind the regions, when create() made it
 
     # -- construction -------------------------------------------------------
 
@@ -122,9 +123,8 @@ class GuestMemory:
                 # Views of guest RAM are still alive somewhere (an in-flight
                 # I/O); the mapping goes away with the last of them.
                 pass
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
+        if self._fd is not None:
+            os.close(self._fd)
             self._fd = None
 
     # -- lookup ---------------------------------------------------------------

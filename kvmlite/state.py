@@ -64,7 +64,7 @@ def from_plain(tp: Any, data: Any, where: str = "state") -> Any:
             except StateError as e:
                 errors.append(str(e))
         raise StateError(f"{where}: no matching type: {'; '.join(errors)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise StateError(f"{where}: expected an object for {tp.__name__}")
         hints = typing.get_type_hints(tp)

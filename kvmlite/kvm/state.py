@@ -65,7 +65,7 @@ def _raw(struct: Any) -> bytes:
     return bytes(memoryview(struct).cast("B"))
 
 
-def _load(cls: type, data: bytes, what: str) -> Any:
+def _load(cls: type[ctypes.Structure], data: bytes, what: str) -> Any:
     if len(data) != ctypes.sizeof(cls):
         raise StateError(f"{what}: {len(data)} bytes, expected {ctypes.sizeof(cls)}")
     return cls.from_buffer_copy(data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 from ctypes import c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
 from functools import cache
+from typing import Any
 
 from kvmlite.kvm.structs_x86 import *  # noqa: F403  (one namespace, like <linux/kvm.h>)
 from kvmlite.kvm.structs_x86 import (
@@ -354,10 +355,12 @@ def flex(header: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
     The result has the same leading fields, so ``obj.nmsrs``/``obj.entries[i]`` work, and
     its size is the C ``sizeof(header) + n * sizeof(entry)`` the ioctl reads or writes.
     """
-    *lead, (name, array_type) = header._fields_
+    *lead, last = header._fields_
+    name, array_type = last[0], last[1]
+    entry: Any = array_type._type_  # type: ignore[union-attr]
     sized = type(
         f"{header.__name__}_{n}",
         (ctypes.Structure,),
-        {"_fields_": [*lead, (name, array_type._type_ * n)]},
+        {"_fields_": [*lead, (name, entry * n)]},
     )
     return sized

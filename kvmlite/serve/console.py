@@ -21,8 +21,13 @@ def cmd_console(a: argparse.Namespace) -> int:
     from kvmlite.vhost_user.wiring import wire_console  # noqa: PLC0415
 
     servers: list[Any] = []
+
     # stdio on a terminal is raw (Ctrl-C goes to the guest): Ctrl-A x stops serving.
-    backend = parse_console_spec(a.backend, on_quit=lambda: [s.stop() for s in servers])
+    def stop_serving() -> None:
+        for server in servers:
+            server.stop()
+
+    backend = parse_console_spec(a.backend, on_quit=stop_serving)
     try:
         dev = VirtioConsole(backend)
 

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -301,7 +302,7 @@ def attach_drivers(
             base=region.gpa + i * share,
             data_size=share - _align(16 * size + 6 + 2 * size + 8 * size + 16, 4096) - 4096,
             event_idx=event_idx,
-            notify=lambda i=i: device.process_queue(i),
+            notify=functools.partial(device.process_queue, i),
         )
         q = VirtQueue(max_size)
         drv.configure(q)

@@ -9,11 +9,19 @@ source cannot grow memory without bound.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
+from kvmlite.backends.char.base import CharBackend
 from kvmlite.eventloop import EventLoop
+from kvmlite.vmm.locking import Lock
+
+if TYPE_CHECKING:
+    from kvmlite.backends.char.pump import InputPump
+    from kvmlite.devices.legacy.serial import Serial16550
+    from kvmlite.devices.virtio.console import VirtioConsole
+    from kvmlite.vmm.machine import Machine
+    from kvmlite.vmm.virtio import VirtioWiring
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ def tolerant(write: Callable[[bytes], None]) -> Callable[[bytes], None]:
 class _LockedSink:
     """An input sink (UART) whose calls take the device's lock."""
 
-    def __init__(self, device: Any, lock: threading.Lock) -> None:
+    def __init__(self, device: Serial16550, lock: Lock) -> None:
         self.device = device
         self.lock = lock
 
@@ -63,13 +71,13 @@ class ConsoleInput:
     file or /dev/null as stdin) gives no input.
     """
 
-    def __init__(self, loop: EventLoop, console: Any) -> None:
+    def __init__(self, loop: EventLoop, console: CharBackend) -> None:
         self.loop = loop
         self.console = console
-        self.pump: Any = None
+        self.pump: InputPump | None = None
         self.watching = False
 
-    def attach(self, serial: Any, lock: threading.Lock) -> None:
+    def attach(self, serial: Serial16550, lock: Lock) -> None:
         from kvmlite.backends.char.pump import InputPump
 
         self.pump = InputPump(self.console, _LockedSink(serial, lock))
@@ -81,16 +89,21 @@ class ConsoleInput:
             self.loop.call_soon(self._offer)
 
     def _offer(self) -> None:
+        assert self.pump is not None
         self.pump.offer()
         self._update_watch()
 
     def _on_readable(self) -> None:
+        assert self.pump is not None
         self.pump.on_readable()
         self._update_watch()
 
     def _update_watch(self) -> None:
+        assert self.pump is not None
         fd = self.console.fileno()
-        want = fd is not None and self.pump.wants_read()
+        if fd is None:
+            return
+        want = self.pump.wants_read()
         if want and not self.watching:
             try:
                 self.loop.add_reader(fd, self._on_readable)
@@ -103,7 +116,9 @@ class ConsoleInput:
             self.watching = False
 
 
-def wire_virtio_console_input(machine: Any, wiring: Any, console: Any, backends: list[Any]) -> None:
+def wire_virtio_console_input(
+    machine: Machine, wiring: VirtioWiring, console: VirtioConsole, backends: list[CharBackend]
+) -> None:
     """Each port's backend fd -> handle_input, paused while the guest has no buffers."""
     loop = machine.loop
 

@@ -32,12 +32,11 @@ action that pauses never waits for a thread that waits for it.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
-
-class _Lock(Protocol):
-    def __enter__(self) -> object: ...
-    def __exit__(self, *exc: object) -> object: ...
+#: Any lock (threading.Lock or RLock): what a ``with`` statement takes.
+Lock = AbstractContextManager[Any]
 
 
 class RegisterDevice(Protocol):
@@ -54,9 +53,9 @@ class LockedDevice:
 
     __slots__ = ("device", "lock", "name", "read", "write")
 
-    def __init__(self, device: RegisterDevice, lock: _Lock | None = None) -> None:
+    def __init__(self, device: RegisterDevice, lock: Lock | None = None) -> None:
         self.device = device
-        self.lock: _Lock = lock or threading.Lock()
+        self.lock: Lock = lock if lock is not None else threading.Lock()
         self.name: str = getattr(device, "name", None) or type(device).__name__
         held = self.lock
 

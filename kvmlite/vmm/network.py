@@ -23,6 +23,7 @@ watched; the guest keeps running with its link down.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -51,12 +52,12 @@ def add_networks(machine: Machine, wiring: VirtioWiring) -> None:
         for backend in backends:
             machine.closers.append(backend.close)
         device = VirtioNet(backends, mac=spec.mac or default_mac(n), name=name)
-        device.rx_ready_handler = lambda pair, bs=backends: bs[pair].set_reading(True)
+        device.rx_ready_handler = functools.partial(_resume_reading, backends)
         for pair, backend in enumerate(backends):
             fd = backend.fileno()
             assert fd is not None, f"{name}: a backend without an fd cannot be watched"
             machine.loop.add_reader(fd, _reader(machine, wiring, device, pair, backend))
-            machine.closers.append(lambda fd=fd: machine.loop.remove_reader(fd))
+            machine.closers.append(functools.partial(machine.loop.remove_reader, fd))
         wiring.add(name, device)
         if spec.kind is NetKind.USER:
             # Where the user looks for it: the guest's side of the forwards.
@@ -64,9 +65,17 @@ def add_networks(machine: Machine, wiring: VirtioWiring) -> None:
                 log.info("%s: host port forward %s", name, rule)
 
 
+def _resume_reading(backends: list[NetBackend], pair: int) -> None:
+    """The guest posted receive buffers on ``pair`` again (called under the device lock)."""
+    backends[pair].set_reading(True)
+
+
 def _reader(
     machine: Machine, wiring: VirtioWiring, device: VirtioNet, pair: int, backend: NetBackend
 ) -> Callable[[], None]:
+    fd = backend.fileno()
+    assert fd is not None
+
     def on_readable() -> None:
         backend.service()
         if not backend.closed:
@@ -74,7 +83,7 @@ def _reader(
                 if not device.handle_rx(pair):
                     backend.set_reading(False)
         if backend.closed:  # noticed by service() or by reading the EOF
-            machine.loop.remove_reader(backend.fileno())
+            machine.loop.remove_reader(fd)
             log.error(
                 "%s: the network backend is gone (%s); the guest stays up without it",
                 device.name,

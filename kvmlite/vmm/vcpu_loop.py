@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from kvmlite.kvm import exits as kx
+from kvmlite.kvm.exits import IntrExit, IoExit, MmioExit
 from kvmlite.vmm.outcome import ExitReason
 
 if TYPE_CHECKING:
@@ -39,12 +40,10 @@ def _loop(machine: Machine, vcpu: Vcpu) -> None:
     # writes dropped) and log each address once.
     pio_read, pio_write = machine.pio_bus.read, machine.pio_bus.write
     mmio_read, mmio_write = machine.mmio_bus.read, machine.mmio_bus.write
-    IoExit, MmioExit, IntrExit = kx.IoExit, kx.MmioExit, kx.IntrExit  # noqa: N806
     run = vcpu.run
     while not machine.stopping:
         ex = run()
-        t = type(ex)
-        if t is IoExit:
+        if type(ex) is IoExit:
             size, port, data = ex.size, ex.port, ex.data
             if ex.is_write:
                 for i in range(0, ex.count * size, size):
@@ -52,12 +51,12 @@ def _loop(machine: Machine, vcpu: Vcpu) -> None:
             else:
                 for i in range(0, ex.count * size, size):
                     data[i : i + size] = pio_read(port, size)
-        elif t is MmioExit:
+        elif type(ex) is MmioExit:
             if ex.is_write:
                 mmio_write(ex.address, bytes(ex.data[: ex.length]))
             else:
                 ex.data[: ex.length] = mmio_read(ex.address, ex.length)
-        elif t is IntrExit:
+        elif type(ex) is IntrExit:
             machine.park_if_paused(vcpu)
         else:
             reason, code, message = _classify(machine, vcpu, ex)

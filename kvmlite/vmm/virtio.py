@@ -24,6 +24,7 @@ and records it in the machine's device manager.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -185,7 +186,7 @@ class VirtioWiring:
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self.machine.vm.ioeventfd(fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=queue)
             self.machine.loop.add_reader(fd, self._notifier(fd, transport, queue))
-            self.machine.closers.append(lambda fd=fd: os.close(fd))
+            self.machine.closers.append(functools.partial(os.close, fd))
         self.cmdline.append(cmdline_fragment(base, MMIO_SIZE, irq))
         return transport, Placement(BusKind.MMIO, base, MMIO_SIZE, irq)
 

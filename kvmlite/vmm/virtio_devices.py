@@ -9,6 +9,7 @@ from kvmlite.vmm.console_io import wire_virtio_console_input
 from kvmlite.vmm.network import add_networks
 
 if TYPE_CHECKING:
+    from kvmlite.backends.char.base import CharBackend
     from kvmlite.vmm.machine import Machine
     from kvmlite.vmm.virtio import VirtioWiring
 
@@ -58,11 +59,11 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
     if config.virtio_console is not None:
         hvc0 = open_char(config.virtio_console.hvc0)
         machine.closers.append(hvc0.close)
-        ports = []
+        ports: list[tuple[str, CharBackend]] = []
         for name, spec in config.virtio_console.ports:
-            backend = open_char(spec)
-            machine.closers.append(backend.close)
-            ports.append((name, backend))
+            port = open_char(spec)
+            machine.closers.append(port.close)
+            ports.append((name, port))
         console = VirtioConsole(hvc0, ports=ports)
         wiring.add("virtio-console", console)
         wire_virtio_console_input(machine, wiring, console, [hvc0, *(b for _, b in ports)])

@@ -36,3 +36,20 @@ def test_bad_kernel_after_devices_leaves_no_fd_open(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         build_vm(config)
     assert open_fds() == before
+
+
+def test_a_bad_kernel_leaves_output_files_alone(tmp_path: Path) -> None:
+    """Issue 17, defect 4: the kernel is checked before any backend opens a file."""
+    from kvmlite.cli import main
+
+    not_a_kernel = tmp_path / "hostname"
+    not_a_kernel.write_text("myhost\n")
+    log = tmp_path / "console.log"
+    log.write_text("keep me\n")
+    fresh = tmp_path / "serial.log"
+    status = main(
+        ["run", "-k", str(not_a_kernel), "--console", f"file:{log}", "--serial", f"file:{fresh}"]
+    )
+    assert status == 1
+    assert log.read_text() == "keep me\n"
+    assert not fresh.exists()

@@ -70,7 +70,7 @@ def is_elf(data: bytes | memoryview) -> bool:
 
 
 def _parse_notes(blob: memoryview, name: str) -> list[ElfNote]:
-    notes = []
+    notes: list[ElfNote] = []
     pos = 0
     while pos + _NHDR.size <= len(blob):
         if len(notes) >= MAX_NOTES:

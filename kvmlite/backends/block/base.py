@@ -15,6 +15,7 @@ import abc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class BlockBackend(abc.ABC):
         if self.read_only:
             raise PermissionError(f"{self.filename}: image is opened read-only")
 
-    def __enter__(self) -> BlockBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -65,7 +65,7 @@ class TerminalMode:
 
     def enter_raw(self, *, signal_handlers: bool = True) -> None:
         saved = termios.tcgetattr(self.fd)
-        raw = [list(x) if isinstance(x, list) else x for x in saved]
+        raw: list[Any] = [list(x) if isinstance(x, list) else x for x in saved]
         iflag, oflag, cflag, lflag, _, _, cc = range(7)
         raw[iflag] &= ~(
             termios.IGNBRK

@@ -262,7 +262,7 @@ class PciConfigSpace:
 
     def capabilities(self) -> list[tuple[int, int]]:
         """Walk the list as a guest would: [(offset, cap id), ...]."""
-        out = []
+        out: list[tuple[int, int]] = []
         ptr = self.get(PCI_CAPABILITY_LIST, 1)
         while ptr and len(out) < 48:
             out.append((ptr, self.data[ptr]))

@@ -54,7 +54,7 @@ class MsixTable:
         self,
         num_vectors: int,
         *,
-        signal_msi: Callable[[int, int], None] | None = None,
+        signal_msi: Callable[[int, int], object] | None = None,
         on_vector_change: VectorChange | None = None,
     ) -> None:
         if not 1 <= num_vectors <= MAX_VECTORS:

@@ -118,7 +118,7 @@ class NetStats:
     rx_dropped_reset: int = 0
 
 
-class VirtioNet(NetControlQueue, VirtioDevice):
+class VirtioNet(VirtioDevice):
     """A virtio-net NIC over one backend per queue pair."""
 
     device_type = VIRTIO_ID_NET
@@ -166,6 +166,7 @@ class VirtioNet(NetControlQueue, VirtioDevice):
             name=name, queue_sizes=[queue_size] * (2 * self.pairs + 1), features=features
         )
         self.ctrl_queue = 2 * self.pairs
+        self.ctrl = NetControlQueue(self)
         self.initial_mac = self.mac
         self.link_up = True
         self.announce_pending = False
@@ -222,7 +223,7 @@ class VirtioNet(NetControlQueue, VirtioDevice):
     def handle_queue(self, index: int) -> None:
         if index == self.ctrl_queue:
             if self.has_feature(VIRTIO_NET_F_CTRL_VQ):
-                self._handle_ctrl()
+                self.ctrl.handle()
         elif index % 2:
             self._handle_tx(index // 2)
         else:

@@ -1,6 +1,8 @@
 """virtio-net's control virtqueue (virtio 1.2 §5.1.6.5).
 
-A mixin of ``VirtioNet``: it reads one command per chain (class, command,
+A helper that ``VirtioNet`` owns (composition: it holds the device and
+changes only the receive-filter fields the commands name): it reads one
+command per chain (class, command,
 data), applies RX mode, MAC address, MAC tables, announce acks and the
 queue-pair count, and answers VIRTIO_NET_OK or VIRTIO_NET_ERR in the chain's
 last writable byte. A chain with no room for the ack, or shorter than a
@@ -11,7 +13,7 @@ and sets NEEDS_RESET).
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvmlite.devices.virtio.net_filter import parse_mac_tables
 from kvmlite.devices.virtio.net_spec import (
@@ -36,21 +38,23 @@ from kvmlite.devices.virtio.net_spec import (
 )
 from kvmlite.devices.virtio.queue import ChainError
 
+if TYPE_CHECKING:
+    from kvmlite.devices.virtio.net import VirtioNet
+
 #: Largest control message read (a MAC table of ~170000 addresses); a longer
 #: one is answered VIRTIO_NET_ERR unread.
 MAX_CTRL_LEN = 1 << 20
 
 
 class NetControlQueue:
-    """The control-queue half of ``VirtioNet`` (uses its queues and filter fields)."""
+    """The control queue of one ``VirtioNet`` (called with the device's lock held)."""
 
-    queues: Any
-    memory: Any
-    ctrl_queue: int
-    pairs: int
+    def __init__(self, net: VirtioNet) -> None:
+        self.net = net
 
-    def _handle_ctrl(self) -> None:
-        q, mem = self.queues[self.ctrl_queue], self.memory
+    def handle(self) -> None:
+        net = self.net
+        q, mem = net.queues[net.ctrl_queue], net.memory
         assert mem is not None
         done = False
         while (chain := q.pop(mem)) is not None:
@@ -69,44 +73,45 @@ class NetControlQueue:
             q.add_used(mem, chain.head, 1)
             done = True
         if done:
-            self.signal_queue(self.ctrl_queue)
+            net.signal_queue(net.ctrl_queue)
 
     def _ctrl_command(self, cls: int, cmd: int, data: bytes) -> bool:
         """Apply one control command; True for VIRTIO_NET_OK."""
-        if cls == VIRTIO_NET_CTRL_RX and self.has_feature(VIRTIO_NET_F_CTRL_RX):
+        net = self.net
+        if cls == VIRTIO_NET_CTRL_RX and net.has_feature(VIRTIO_NET_F_CTRL_RX):
             if cmd not in (VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_RX_ALLMULTI):
                 return False
             if len(data) != 1:
                 return False
             if cmd == VIRTIO_NET_CTRL_RX_PROMISC:
-                self.promisc = bool(data[0])
+                net.promisc = bool(data[0])
             else:
-                self.allmulti = bool(data[0])
+                net.allmulti = bool(data[0])
             return True
         if cls == VIRTIO_NET_CTRL_MAC:
-            if cmd == VIRTIO_NET_CTRL_MAC_ADDR_SET and self.has_feature(VIRTIO_NET_F_CTRL_MAC_ADDR):
+            if cmd == VIRTIO_NET_CTRL_MAC_ADDR_SET and net.has_feature(VIRTIO_NET_F_CTRL_MAC_ADDR):
                 if len(data) != ETH_ALEN:
                     return False
-                self.mac = bytes(data)
+                net.mac = bytes(data)
                 return True
-            if cmd == VIRTIO_NET_CTRL_MAC_TABLE_SET and self.has_feature(VIRTIO_NET_F_CTRL_RX):
+            if cmd == VIRTIO_NET_CTRL_MAC_TABLE_SET and net.has_feature(VIRTIO_NET_F_CTRL_RX):
                 tables = parse_mac_tables(data)
                 if tables is None:
                     return False
-                (self.uni_macs, self.uni_overflow), (self.multi_macs, self.multi_overflow) = tables
+                (net.uni_macs, net.uni_overflow), (net.multi_macs, net.multi_overflow) = tables
                 return True
             return False
-        if cls == VIRTIO_NET_CTRL_ANNOUNCE and self.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE):
+        if cls == VIRTIO_NET_CTRL_ANNOUNCE and net.has_feature(VIRTIO_NET_F_GUEST_ANNOUNCE):
             if cmd != VIRTIO_NET_CTRL_ANNOUNCE_ACK or data:
                 return False
-            self.announce_pending = False
+            net.announce_pending = False
             return True
-        if cls == VIRTIO_NET_CTRL_MQ and self.has_feature(VIRTIO_NET_F_MQ):
+        if cls == VIRTIO_NET_CTRL_MQ and net.has_feature(VIRTIO_NET_F_MQ):
             if cmd != VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET or len(data) != 2:
                 return False
             n = struct.unpack("<H", data)[0]
-            if not VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN <= n <= self.pairs:
+            if not VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN <= n <= net.pairs:
                 return False
-            self.active_pairs = n
+            net.active_pairs = n
             return True
         return False

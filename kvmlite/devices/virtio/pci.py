@@ -136,7 +136,7 @@ class VirtioPciDevice(PciDevice):
         memory: GuestMemory,
         *,
         msix_vectors: int | None = None,
-        signal_msi: Callable[[int, int], None] | None = None,
+        signal_msi: Callable[[int, int], object] | None = None,
         on_vector_change: VectorChange | None = None,
     ) -> None:
         nq = device.num_queues

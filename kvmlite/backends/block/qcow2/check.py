@@ -203,7 +203,7 @@ def _check_copied(img: Qcow2Backend, r: CheckResult, fix: bool = False) -> None:
         want = _stored(img, off // cs, r) == 1
         if bool(e & OFLAG_COPIED) != want:
             if fix:
-                img._set_l1(i, off | (OFLAG_COPIED if want else 0))
+                img.writer.set_l1(i, off | (OFLAG_COPIED if want else 0))
                 r.corruptions_fixed += 1
             else:
                 r.corruptions += 1

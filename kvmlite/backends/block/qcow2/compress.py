@@ -17,7 +17,7 @@ from kvmlite.errors import ImageError
 try:  # optional: zstd-compressed images
     import zstandard
 except ImportError:  # pragma: no cover - depends on the environment
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 
 def zstd_available() -> bool:

@@ -45,7 +45,7 @@ DEFAULT_L2_CACHE = 4 << 20  # bytes of L2 tables kept decoded
 MAX_CHAIN = 32
 
 
-class Qcow2Backend(Qcow2Writer, BlockBackend):
+class Qcow2Backend(BlockBackend):
     """A qcow2 image (version 2 or 3) as a BlockBackend."""
 
     format_name = "qcow2"
@@ -74,6 +74,7 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0  # requests doing data I/O outside the lock
+        self.writer = Qcow2Writer(self)
         fd = open_fd(path, self.read_only)
         try:
             self._open(fd, snapshot, open_backing, l2_cache_size, _chain)
@@ -398,6 +399,29 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
                     merged.append(e)
         yield from merged
 
+    # -- writing (kvmlite/backends/block/qcow2/write.py) ----------------------
+
+    def writev(self, offset: int, bufs: Sequence[bytes | memoryview]) -> int:
+        return self.writer.writev(offset, bufs)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self.writer.discard(offset, length)
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
+        self.writer.write_zeroes(offset, length, unmap)
+
+    def deallocate(self, offset: int, length: int) -> None:
+        self.writer.deallocate(offset, length)
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        self.writer.write_compressed(offset, data)
+
+    def resize(self, new_size: int) -> None:
+        self.writer.resize(new_size)
+
     # -- lifetime -------------------------------------------------------------
 
     def close(self) -> None:
@@ -407,7 +431,7 @@ class Qcow2Backend(Qcow2Writer, BlockBackend):
             self._closed = True
             try:
                 if not self.read_only:
-                    self._close_writer()
+                    self.writer.close()
             finally:
                 if self.backing is not None:
                     self.backing.close()
