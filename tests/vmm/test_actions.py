@@ -16,7 +16,7 @@ from kvmlite.testing.guests import GUEST_DIR, build_guest
 from kvmlite.vmm import actions as a
 from kvmlite.vmm.machine import RunState
 from kvmlite.vmm.outcome import ExitReason
-from kvmlite.vmm.vmm import Vmm, VmEvent
+from kvmlite.vmm.vmm import VmEvent, Vmm
 
 needs_kvm = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
