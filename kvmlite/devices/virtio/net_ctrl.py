@@ -1,13 +1,12 @@
 """virtio-net's control virtqueue (virtio 1.2 §5.1.6.5).
 
 A helper that ``VirtioNet`` owns (composition: it holds the device and
-changes only the receive-filter fields the commands name): it reads one
-command per chain (class, command,
-data), applies RX mode, MAC address, MAC tables, announce acks and the
-queue-pair count, and answers VIRTIO_NET_OK or VIRTIO_NET_ERR in the chain's
-last writable byte. A chain with no room for the ack, or shorter than a
-class + command, is a guest error (ChainError: the base class returns it
-and sets NEEDS_RESET).
+changes only the receive-filter fields the commands name). It reads one
+command per chain (class, command, data), applies RX mode, MAC address, MAC
+tables, announce acks and the queue-pair count, and answers VIRTIO_NET_OK or
+VIRTIO_NET_ERR in the chain's last writable byte. A chain with no room for
+the ack, or shorter than a class + command, is a guest error (ChainError:
+the base class returns it and sets NEEDS_RESET).
 """
 
 from __future__ import annotations
