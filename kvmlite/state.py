@@ -68,6 +68,9 @@ def from_plain(tp: Any, data: Any, where: str = "state") -> Any:
         if not isinstance(data, dict):
             raise StateError(f"{where}: expected an object for {tp.__name__}")
         hints = typing.get_type_hints(tp)
+        unknown = set(data) - {f.name for f in dataclasses.fields(tp)}
+        if unknown:
+            raise StateError(f"{where}: unknown field {tp.__name__}.{sorted(map(str, unknown))[0]}")
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name not in data:

@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvmlite.config import (
     DEFAULT_CMDLINE,
@@ -115,3 +117,90 @@ def test_host_tsc_khz(tmp_path: Path):
     f.write_text("processor\t: 0\n")
     assert host_tsc_khz(f) is None
     assert host_tsc_khz(tmp_path / "absent") is None
+
+
+def full_config(tmp_path: Path) -> VmConfig:
+    from kvmlite.config import CharConfig, NetConfig, RngConfig, Transport, VirtioConsoleConfig
+
+    return VmConfig(
+        machine=MachineConfig(memory=128 << 20, cpus=3, virtio_transport=Transport.MMIO),
+        boot=BootSource(tmp_path / "k", tmp_path / "i", "quiet"),
+        console=CharConfig.parse("file:/tmp/c.log,append=on"),
+        serial=(CharConfig.parse("pty"),),
+        drives=(DriveConfig.parse("/x.img,ro,format=qcow2", id="root"),),
+        nets=(NetConfig.parse("tap,ifname=t0,queues=2,mac=52:54:00:00:00:01"),),
+        rng=RngConfig(1000),
+        virtio_console=VirtioConsoleConfig(CharConfig.parse("null"), (("log", CharConfig()),)),
+    )
+
+
+def test_json_round_trip(tmp_path: Path) -> None:
+    config = full_config(tmp_path)
+    assert VmConfig.from_json(config.to_json()) == config
+    assert VmConfig.from_json(VmConfig().to_json()) == VmConfig()
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    import dataclasses
+
+    config = full_config(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.machine.cpus = 4  # type: ignore[misc]
+    assert isinstance(config.drives, tuple)
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("{", "not JSON"),
+        ("[]", "expected an object"),
+        ('{"machine": 1}', "expected an object"),
+        ("{}", "missing field"),
+    ],
+)
+def test_from_json_rejects_malformed(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        VmConfig.from_json(text)
+
+
+def test_from_json_rejects_bad_values(tmp_path: Path) -> None:
+    import json
+
+    doc = json.loads(full_config(tmp_path).to_json())
+    doc["machine"]["cpus"] = 0
+    with pytest.raises(ConfigError, match="vCPUs"):
+        VmConfig.from_json(json.dumps(doc))
+    doc["machine"]["cpus"] = "2"
+    with pytest.raises(ConfigError, match="expected int"):
+        VmConfig.from_json(json.dumps(doc))
+    doc["machine"]["cpus"] = 2
+    doc["console"]["kind"] = "telnet"
+    with pytest.raises(ConfigError, match="telnet"):
+        VmConfig.from_json(json.dumps(doc))
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_from_json_any_document_is_a_config_or_a_config_error(doc: object) -> None:
+    import json
+
+    try:
+        VmConfig.from_json(json.dumps(doc))
+    except ConfigError:
+        pass
+
+
+def test_from_json_refuses_unknown_fields() -> None:
+    import json
+
+    doc = json.loads(VmConfig().to_json())
+    doc["machine"]["vcpus"] = 2
+    with pytest.raises(ConfigError, match=r"unknown field MachineConfig\.vcpus"):
+        VmConfig.from_json(json.dumps(doc))
