@@ -147,7 +147,7 @@ class PowerButton(Action):
 
         entry = _machine(vmm).devices.entry("acpi-pm")
         pm = _machine(vmm).devices.get("acpi-pm", AcpiPm)
-        with entry.lock:
+        with entry.locked():
             pm.press_power_button()
         vmm.emit("POWERDOWN")
 
@@ -164,7 +164,7 @@ class SendCtrlAltDel(Action):
 
         entry = _machine(vmm).devices.entry("i8042")
         i8042 = _machine(vmm).devices.get("i8042", I8042)
-        with entry.lock:
+        with entry.locked():
             i8042.push_keyboard(CTRL_ALT_DEL_SET1 if i8042.translating else CTRL_ALT_DEL_SET2)
 
 

@@ -12,12 +12,14 @@ message if disk0 is something else, instead of handing back ``Any``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from kvmlite.errors import KvmliteError
+from kvmlite.vmm.locking import Lock
 
 M = TypeVar("M")
 
@@ -56,14 +58,18 @@ class Placement:
 class DeviceEntry(Generic[M]):
     id: str
     model: M
-    transport: Any = None
+    transport: object = None
     placements: tuple[Placement, ...] = ()
     #: The lock that guards the model (kvmlite/vmm/locking.py), None if it needs none.
-    lock: Any = None
+    lock: Lock | None = None
 
     @property
     def kind(self) -> str:
         return type(self.model).__name__
+
+    def locked(self) -> Lock:
+        """``with entry.locked():`` holds what a vCPU's register access would."""
+        return self.lock if self.lock is not None else contextlib.nullcontext()
 
 
 class DeviceManager:
@@ -78,9 +84,9 @@ class DeviceManager:
         id: str,
         model: M,
         *,
-        transport: Any = None,
+        transport: object = None,
         placements: tuple[Placement, ...] = (),
-        lock: Any = None,
+        lock: Lock | None = None,
     ) -> DeviceEntry[M]:
         if id in self._by_id:
             raise KvmliteError(f"two devices with the id {id!r}")

@@ -14,7 +14,11 @@ so every change re-sends it.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvmlite.kvm.structs import KvmIrqRoutingEntry
+    from kvmlite.kvm.vm import Vm
 
 from kvmlite.kvm.structs_x86 import (
     KVM_IRQCHIP_IOAPIC as IRQCHIP_IOAPIC,
@@ -48,13 +52,13 @@ def legacy_routes() -> list[tuple[int, int, int]]:
 class GsiRouter:
     """Owns KVM's GSI routing table for one VM."""
 
-    def __init__(self, vm: Any) -> None:
+    def __init__(self, vm: Vm) -> None:
         self.vm = vm
         self._msi: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._next = FIRST_MSI_GSI
 
-    def _entries(self) -> list[Any]:
+    def _entries(self) -> list[KvmIrqRoutingEntry]:
         from kvmlite.kvm.vm import irqchip_route, msi_route
 
         out = [irqchip_route(g, chip, pin) for g, chip, pin in legacy_routes()]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvmlite.kvm.vm import Vm
 
 
 class KvmIrqLine:
     """An ISA or PCI INTx line on the in-kernel irqchip (KVM_IRQ_LINE)."""
 
-    def __init__(self, vm: Any, gsi: int) -> None:
+    def __init__(self, vm: Vm, gsi: int) -> None:
         self.vm = vm
         self.gsi = gsi
         self.level = False
@@ -40,7 +43,7 @@ class KvmIrqLine:
 class IrqfdInterrupt:
     """An edge interrupt raised by writing an eventfd that KVM injects (irqfd)."""
 
-    def __init__(self, vm: Any, gsi: int) -> None:
+    def __init__(self, vm: Vm, gsi: int) -> None:
         self.gsi = gsi
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         vm.irqfd(self.fd, gsi)

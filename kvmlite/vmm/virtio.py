@@ -28,16 +28,26 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from kvmlite.config import Transport
 from kvmlite.vmm.devices import BusKind, DeviceEntry, Placement
 from kvmlite.vmm.irq import IrqfdInterrupt, KvmIrqLine
 from kvmlite.vmm.locking import LockedDevice
 
+
+class Notifiable(Protocol):
+    """A transport a queue kick goes to (virtio-pci or virtio-mmio)."""
+
+    def notify(self, queue: int) -> None: ...
+
+
 if TYPE_CHECKING:
+    from kvmlite.devices.pci.device import PciDevice
     from kvmlite.devices.pci.root import PciRoot
     from kvmlite.devices.virtio.device import VirtioDevice
+    from kvmlite.devices.virtio.mmio import VirtioMmioDevice
+    from kvmlite.devices.virtio.pci import VirtioPciDevice
     from kvmlite.vmm.gsi import GsiRouter
     from kvmlite.vmm.machine import Machine
 
@@ -60,7 +70,7 @@ class VirtioWiring:
         self.pci = pci
         self.lock = machine.dev_lock
         self.transport = machine.config.machine.virtio_transport
-        self.pci_devices: list[Any] = []
+        self.pci_devices: list[VirtioPciDevice] = []
         self.mmio_count = 0
         self.cmdline: list[str] = []
         self._notify_fds: dict[tuple[int, int], tuple[int, int]] = {}  # (id, queue) -> fd, addr
@@ -72,9 +82,10 @@ class VirtioWiring:
             os.close(fd)
         self._notify_fds.clear()
 
-    def add(self, id: str, device: VirtioDevice) -> DeviceEntry[Any]:
+    def add(self, id: str, device: VirtioDevice) -> DeviceEntry[VirtioDevice]:
         """Put ``device`` on the transport the user chose; record it as ``id``."""
         device.use_lock(self.lock)
+        transport: VirtioPciDevice | VirtioMmioDevice
         if self.transport is Transport.PCI:
             transport, placement = self.add_pci(device)
         else:
@@ -83,7 +94,7 @@ class VirtioWiring:
             id, device, transport=transport, placements=(placement,), lock=self.lock
         )
 
-    def locked(self, fn: Callable[[], Any]) -> Callable[[], None]:
+    def locked(self, fn: Callable[[], object]) -> Callable[[], None]:
         def call() -> None:
             with self.lock:
                 fn()
@@ -92,7 +103,7 @@ class VirtioWiring:
 
     # -- virtio-pci -------------------------------------------------------------
 
-    def add_pci(self, device: VirtioDevice) -> tuple[Any, Placement]:
+    def add_pci(self, device: VirtioDevice) -> tuple[VirtioPciDevice, Placement]:
         """Put ``device`` on PCI bus 0 behind a virtio-pci transport."""
         from kvmlite.devices.virtio.pci import VirtioPciDevice
 
@@ -121,7 +132,7 @@ class VirtioWiring:
         self.pci_devices.append(transport)
         return transport, Placement(BusKind.PCI, slot)
 
-    def _map_bar(self, transport: Any, index: int, address: int) -> None:
+    def _map_bar(self, transport: VirtioPciDevice, index: int, address: int) -> None:
 
         size = next(b.size for b in transport.bars() if b.index == index)
         self.machine.mmio_bus.insert(
@@ -135,7 +146,7 @@ class VirtioWiring:
             self._notify_fds[(id(transport), queue)] = (fd, address + offset)
             self.machine.loop.add_reader(fd, self._notifier(fd, transport, queue))
 
-    def _unmap_bar(self, transport: Any, index: int, address: int) -> None:
+    def _unmap_bar(self, transport: VirtioPciDevice, index: int, address: int) -> None:
         self.machine.mmio_bus.remove(address)
         if index != 0:
             return
@@ -145,14 +156,19 @@ class VirtioWiring:
             self.machine.vm.ioeventfd(fd, addr, NOTIFY_LEN, deassign=True)
             os.close(fd)
 
-    def _bar_moved(self, transport: Any, index: int, old: int | None, new: int | None) -> None:
+    def _bar_moved(
+        self, transport: PciDevice, index: int, old: int | None, new: int | None
+    ) -> None:
         # Called with the device lock held, on a vCPU thread (a config write).
+        from kvmlite.devices.virtio.pci import VirtioPciDevice  # noqa: PLC0415
+
+        assert isinstance(transport, VirtioPciDevice)
         if old is not None:
             self._unmap_bar(transport, index, old)
         if new is not None:
             self._map_bar(transport, index, new)
 
-    def _notifier(self, fd: int, transport: Any, queue: int) -> Callable[[], None]:
+    def _notifier(self, fd: int, transport: Notifiable, queue: int) -> Callable[[], None]:
         def on_notify() -> None:
             try:
                 os.eventfd_read(fd)
@@ -165,7 +181,7 @@ class VirtioWiring:
 
     # -- virtio-mmio ------------------------------------------------------------------
 
-    def add_mmio(self, device: VirtioDevice) -> tuple[Any, Placement]:
+    def add_mmio(self, device: VirtioDevice) -> tuple[VirtioMmioDevice, Placement]:
         """Put ``device`` behind a virtio-mmio transport; announces it on the cmdline."""
         from kvmlite.devices.virtio.mmio import (
             MMIO_SIZE,
@@ -192,6 +208,6 @@ class VirtioWiring:
 
     # -- I/O loop hooks -------------------------------------------------------------
 
-    def watch(self, fd: int, callback: Callable[[], Any]) -> None:
+    def watch(self, fd: int, callback: Callable[[], object]) -> None:
         """Run ``callback`` under the device lock whenever ``fd`` is readable."""
         self.machine.loop.add_reader(fd, self.locked(callback))
