@@ -11,10 +11,20 @@ device models address guest RAM exactly as they do inside kvmlite.
 SET_VRING_ADDR gives ring addresses as front-end user addresses (unless
 VHOST_VRING_F_LOG / IOMMU address translation, which we do not offer), so
 the table also keeps ``user_addr -> guest_addr`` ranges to translate them.
+
+A front-end that shrinks a shared file after we mapped it (``ftruncate``)
+makes every later touch of the pages past its new end raise SIGBUS in this
+process, which Python cannot survive.  So memory must be unable to shrink:
+an fd already sealed with F_SEAL_SHRINK (QEMU's ``memory-backend-memfd``,
+``seal=on`` by default) is taken as is; a memfd that still allows sealing is
+sealed here (guest RAM never shrinks while it is shared); anything else (a
+memfd without MFD_ALLOW_SEALING, a tmpfs or hugetlbfs file) is refused.  The
+size is checked after the seal, when it can no longer change under us.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
@@ -38,6 +48,28 @@ class _UserRange:
     guest_addr: int
 
 
+def _seal_against_shrink(fd: int, guest_addr: int) -> None:
+    """Make sure the file behind ``fd`` cannot shrink (F_SEAL_SHRINK), or refuse it."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # EINVAL: not a file that supports seals (not memfd/shmem)
+        seals = None
+    if seals is not None and seals & fcntl.F_SEAL_SHRINK:
+        return
+    if seals is not None and not seals & fcntl.F_SEAL_SEAL:
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+            log.debug("sealed the memory region at guest %#x against shrinking", guest_addr)
+            return
+        except OSError as e:
+            log.debug("F_ADD_SEALS on the region at guest %#x: %s", guest_addr, e)
+    raise BackendError(
+        f"memory region at guest {guest_addr:#x}: its fd could shrink under the back-end"
+        " (no F_SEAL_SHRINK seal and none can be added); share guest RAM as a sealable"
+        " memfd, e.g. QEMU's memory-backend-memfd (seal=on is its default)"
+    )
+
+
 class MappedMemory:
     """Guest memory mapped from a front-end's memory table; ``close()`` unmaps it."""
 
@@ -50,9 +82,10 @@ class MappedMemory:
                 # mmap offsets must be page aligned; the region may start inside a page.
                 start = r.mmap_offset - r.mmap_offset % mmap.ALLOCATIONGRANULARITY
                 delta = r.mmap_offset - start
+                _seal_against_shrink(fd, r.guest_addr)
                 try:
                     st_size = os.fstat(fd).st_size
-                    if st_size and r.mmap_offset + r.size > st_size:
+                    if r.mmap_offset + r.size > st_size:
                         raise BackendError(
                             f"memory region at guest {r.guest_addr:#x}: offset {r.mmap_offset:#x}"
                             f" + size {r.size:#x} is past the end of its fd ({st_size:#x} bytes)"

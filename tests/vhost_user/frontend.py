@@ -23,11 +23,15 @@ USER_BASE = 0x7F12_3400_0000
 
 
 class Frontend:
-    def __init__(self, path: str, ram_size: int = 1 << 20, gpa: int = 0) -> None:
+    def __init__(
+        self, path: str, ram_size: int = 1 << 20, gpa: int = 0, *, sealable: bool = True
+    ) -> None:
+        """``sealable=False``: RAM is a memfd without MFD_ALLOW_SEALING (it can shrink)."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(10)
         self.sock.connect(path)
-        self.memfd = os.memfd_create("frontend-ram")
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0)
+        self.memfd = os.memfd_create("frontend-ram", flags)
         os.ftruncate(self.memfd, ram_size)
         self._map = mmap.mmap(self.memfd, ram_size)
         self._view = memoryview(self._map)

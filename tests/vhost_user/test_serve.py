@@ -85,6 +85,50 @@ def test_serve_blk_process(tmp_path: Path, procs: list) -> None:
     assert not sock.exists()
 
 
+def test_serve_survives_a_frontend_shrinking_its_memory(tmp_path: Path, procs: list) -> None:
+    """A front-end that ftruncates its RAM after SET_MEM_TABLE and kicks cannot SIGBUS us."""
+    image = tmp_path / "d.raw"
+    image.write_bytes(bytes(1 << 20))
+    sock = tmp_path / "blk.sock"
+    proc = spawn(procs, "blk", "--socket", str(sock), str(image))
+    wait_socket(proc, sock)
+    f = Frontend(str(sock))
+    try:
+        drv = start_blk(f)
+        drv.add_chain([struct.pack("<IIQ", 1, 0, 0), b"\x33" * 512], [1])
+        try:
+            os.ftruncate(f.memfd, 0)
+            shrunk = True
+        except PermissionError:  # the back-end sealed it (F_SEAL_SHRINK)
+            shrunk = False
+        os.eventfd_write(f.kick[0], 1)  # touches no memory of ours
+        if not shrunk:
+            assert wait_used(f, drv)[0].written == b"\x00"
+        else:
+            f.wait_call(0, 2)
+    finally:
+        f.close()
+    assert proc.poll() is None, f"serve died ({proc.returncode}) when the front-end shrank RAM"
+    # Memory that can shrink and cannot be sealed is refused, with a clear error.
+    f = Frontend(str(sock), sealable=False)
+    try:
+        f.negotiate()
+        assert f.set_mem_table() == 1
+    finally:
+        f.close()
+    f = Frontend(str(sock))  # and the next front-end is served
+    try:
+        drv = start_blk(f)
+        drv.add_chain([struct.pack("<IIQ", 0, 0, 0)], [512, 1])
+        drv.kick()
+        assert wait_used(f, drv)[0].written[:512] == b"\x33" * 512
+    finally:
+        f.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "its fd could shrink under the back-end" in proc.stderr.read()
+
+
 def test_serve_blk_read_only(tmp_path: Path, procs: list) -> None:
     image = tmp_path / "d.raw"
     image.write_bytes(b"\x11" * (1 << 20))
