@@ -40,9 +40,16 @@ def open_image(
     read_only: bool = False,
     direct: bool = False,
     *,
+    locking: bool = True,
+    force_share: bool = False,
     _chain: tuple[str, ...] = (),
 ) -> BlockBackend:
-    """Open a disk image as a BlockBackend, probing its format unless ``format`` is given."""
+    """Open a disk image as a BlockBackend, probing its format unless ``format`` is given.
+
+    The image (and a qcow2 image's backing files) is locked as QEMU locks it
+    unless ``locking=False``; ``force_share`` reads an image others may write
+    (read-only only). See kvmlite/backends/block/locking.py.
+    """
     from kvmlite.backends.block.qcow2 import Qcow2Backend  # noqa: PLC0415 - import cycle
 
     path = os.fspath(path)
@@ -51,14 +58,23 @@ def open_image(
     probed = probe_format(path)
     fmt = format or probed
     if fmt == "raw":
-        return RawBackend(path, read_only=read_only, direct=direct, probed=format is None)
+        return RawBackend(
+            path,
+            read_only=read_only,
+            direct=direct,
+            probed=format is None,
+            locking=locking,
+            force_share=force_share,
+        )
     if probed != "qcow2":
         raise ImageError(f"{path}: not a qcow2 image (no qcow2 magic); use format=raw")
     if direct:
         raise ImageError(f"{path}: direct=on (O_DIRECT) is only supported for raw images")
     if format is None:
         _refuse_fake_qcow2(path)
-    return Qcow2Backend(path, read_only=read_only, _chain=_chain)
+    return Qcow2Backend(
+        path, read_only=read_only, locking=locking, force_share=force_share, _chain=_chain
+    )
 
 
 def _refuse_fake_qcow2(path: str) -> None:

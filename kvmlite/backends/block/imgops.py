@@ -13,6 +13,7 @@ from typing import Any
 
 from kvmlite.backends.block import open_image, probe_format
 from kvmlite.backends.block.base import BlockBackend, Extent
+from kvmlite.backends.block.locking import create_locked
 from kvmlite.backends.block.qcow2 import Qcow2Backend, create_qcow2
 from kvmlite.backends.block.qcow2.header import COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from kvmlite.backends.block.qcow2.image import backing_path
@@ -74,11 +75,13 @@ def create_image(
     if fmt == "raw":
         if backing or opts.keys() - {"preallocation"}:
             raise ConfigError(f"raw images take no options: {', '.join(opts) or 'backing file'}")
+        fd = create_locked(path)
         try:
-            with open(path, "wb") as fh:
-                fh.truncate(size)
+            os.ftruncate(fd, size)
         except OSError as e:
             raise ImageError(f"{path}: cannot create: {e.strerror}") from None
+        finally:
+            os.close(fd)
         return
     if fmt != "qcow2":
         raise ConfigError(f"unknown format {fmt!r}; use raw or qcow2")
@@ -247,7 +250,12 @@ def commit(path: str, fmt: str | None, keep: bool = False, progress: Progress = 
     if (fmt or probe_format(path)) != "qcow2":
         raise ImageError(f"{path}: only qcow2 images have a backing file to commit into")
     bpath, bfmt = _backing_of(path)
-    with Qcow2Backend(path, read_only=True) as top, open_image(bpath, bfmt) as base:
+    # The base first, read-write, and the top without its backing (a second,
+    # read-only open of the base, which the write lock would refuse).
+    with (
+        open_image(bpath, bfmt) as base,
+        Qcow2Backend(path, read_only=True, open_backing=False) as top,
+    ):
         for e in list(top.extents()):
             if e.depth == 0 and e.filename is not None:
                 _commit_extent(top, base, e.offset, e.length)

@@ -20,6 +20,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 
 from kvmlite.backends.block.base import BlockBackend, Extent, iov_length
+from kvmlite.backends.block.locking import lock_image
 from kvmlite.errors import ImageError
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -50,11 +51,35 @@ def pwrite_zeros(fd: int, offset: int, length: int) -> None:
         offset += n
 
 
-def open_fd(path: str, read_only: bool, direct: bool = False) -> int:
-    """Open an image file, turning OS errors into ImageErrors that say what to do."""
+def open_fd(
+    path: str,
+    read_only: bool,
+    direct: bool = False,
+    *,
+    locking: bool = True,
+    force_share: bool = False,
+) -> int:
+    """Open an image file and lock it like QEMU (kvmlite/backends/block/locking.py).
+
+    OS errors become ImageErrors that say what to do; ``locking=False`` takes
+    no lock (QEMU's ``file.locking=off``).
+    """
     flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
     if direct:
         flags |= os.O_DIRECT
+    if force_share and not read_only:
+        raise ImageError(f"{path}: force-share needs a read-only image (add ro)")
+    fd = _open(path, flags, read_only, direct)
+    if locking:
+        try:
+            lock_image(fd, path, read_only, force_share)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _open(path: str, flags: int, read_only: bool, direct: bool) -> int:
     try:
         return os.open(path, flags)
     except FileNotFoundError:
@@ -79,7 +104,14 @@ class RawBackend(BlockBackend):
     format_name = "raw"
 
     def __init__(
-        self, path: str, read_only: bool = False, direct: bool = False, probed: bool = False
+        self,
+        path: str,
+        read_only: bool = False,
+        direct: bool = False,
+        probed: bool = False,
+        *,
+        locking: bool = True,
+        force_share: bool = False,
     ) -> None:
         self.filename = path
         self.read_only = read_only
@@ -88,7 +120,7 @@ class RawBackend(BlockBackend):
         # RWF_NOWAIT support, found out on first use (per direction: ext4,
         # for one, takes it for buffered reads but not for buffered writes).
         self._nowait_unsupported = {"read": False, "write": False}
-        self._fd = open_fd(path, read_only, direct)
+        self._fd = open_fd(path, read_only, direct, locking=locking, force_share=force_share)
         self._closed = False
         st = os.fstat(self._fd)
         self._is_blockdev = stat.S_ISBLK(st.st_mode)

@@ -21,7 +21,7 @@ def test_lazy_refcounts_sets_dirty_while_open(tmp_path: Path) -> None:
     create_qcow2(str(p), 8 << 20, lazy_refcounts=True)
     with Qcow2Backend(str(p)) as q:
         q.write(0, b"\x01" * 70000)
-        with Qcow2Backend(str(p), read_only=True) as peek:
+        with Qcow2Backend(str(p), read_only=True, force_share=True) as peek:
             assert peek.header.incompatible_features & 1
         assert "dirty-flag" in run("qemu-img", "info", "-U", "--output=json", str(p)).stdout
     info = run("qemu-img", "info", "--output=json", str(p)).stdout

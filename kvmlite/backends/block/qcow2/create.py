@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from kvmlite.backends.block.locking import create_locked
 from kvmlite.backends.block.qcow2 import header as hdr
 from kvmlite.backends.block.qcow2.hostfile import HostFile
 from kvmlite.backends.block.qcow2.refcount import Refcounts
@@ -81,10 +82,7 @@ def create_qcow2(
     h.set_backing_format(backing_format if backing_file else None)
     head = h.pack()
     nmeta = 2 + l1_clusters
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise ImageError(f"{path}: cannot create: {e.strerror}") from None
+    fd = create_locked(path)
     try:
         os.pwrite(fd, head + bytes(cs * nmeta - len(head)), 0)
         f = HostFile(fd, path)

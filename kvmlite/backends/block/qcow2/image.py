@@ -59,13 +59,19 @@ class Qcow2Backend(BlockBackend):
         open_backing: bool = True,
         l2_cache_size: int = DEFAULT_L2_CACHE,
         repairing: bool = False,
+        locking: bool = True,
+        force_share: bool = False,
         _chain: tuple[str, ...] = (),
     ) -> None:
         """Open ``path``; ``snapshot`` (id or name) opens that snapshot read-only.
 
         ``repairing`` opens a damaged image read-write for ``img check -r`` (no
-        refusal of the corrupt bit, no automatic refcount rebuild).
+        refusal of the corrupt bit, no automatic refcount rebuild). ``locking``
+        and ``force_share``: see kvmlite/backends/block/locking.py; they apply
+        to the backing files too, which are always locked read-only.
         """
+        self._locking = locking
+        self._force_share = force_share
         self._repairing = repairing
         self.filename = path
         self.read_only = read_only or snapshot is not None
@@ -75,7 +81,7 @@ class Qcow2Backend(BlockBackend):
         self._idle = threading.Condition(self._lock)
         self._inflight = 0  # requests doing data I/O outside the lock
         self.writer = Qcow2Writer(self)
-        fd = open_fd(path, self.read_only)
+        fd = open_fd(path, self.read_only, locking=locking, force_share=force_share)
         try:
             self._open(fd, snapshot, open_backing, l2_cache_size, _chain)
         except BaseException:
@@ -160,7 +166,14 @@ class Qcow2Backend(BlockBackend):
         fmt = h.backing_format
         if fmt not in (None, "raw", "qcow2"):
             raise ImageError(f"{self.filename}: backing format {fmt!r} is not supported")
-        return open_image(path, fmt, read_only=True, _chain=chain)
+        return open_image(
+            path,
+            fmt,
+            read_only=True,
+            locking=self._locking,
+            force_share=self._force_share,
+            _chain=chain,
+        )
 
     def _prepare_for_writing(self) -> None:
         h = self.header
