@@ -176,6 +176,20 @@ class MockDriver:
             self.publish(chain.head)
         return chain
 
+    def add_raw_chain(self, bufs: Sequence[tuple[int, int, bool]]) -> int:
+        """Publish a chain of ``(addr, length, writable)`` buffers as given; its head.
+
+        Nothing is placed or checked: buffers may overlap each other, the
+        rings, or all of RAM (for guest-memory budget tests).
+        """
+        descs = self._take(len(bufs))
+        for i, (addr, length, w) in enumerate(bufs):
+            last = i + 1 == len(bufs)
+            flags = (VIRTQ_DESC_F_WRITE if w else 0) | (0 if last else VIRTQ_DESC_F_NEXT)
+            self.write_descriptor(descs[i], addr, length, flags, 0 if last else descs[i + 1])
+        self.publish(descs[0])
+        return descs[0]
+
     def _take(self, n: int) -> list[int]:
         if len(self._free) < n:
             raise ValueError(f"MockDriver: {n} descriptors wanted, {len(self._free)} free")

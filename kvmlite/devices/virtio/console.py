@@ -25,6 +25,11 @@ arrive. When the buffer is full ``handle_input`` returns False and does not
 read: the VMM should stop watching that fd until the device calls
 ``input_ready_handler(port)``, which happens once the guest has supplied
 receive buffers and the backlog drained.
+
+Output is bounded too: a transmit chain goes to the backend in pieces of
+``TX_CHUNK`` bytes and a control message is read as its first 8 bytes, so
+however long a chain the guest builds, kvmlite holds at most ``TX_CHUNK``
+bytes of it (tests/devices/virtio/test_virtio_budget.py).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ CONTROL = struct.Struct("<IHH")  # struct virtio_console_control
 CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 CTRL_RX, CTRL_TX = 2, 3
 INPUT_BUFFER = 64 * 1024
+#: The most guest output held at once: a transmit chain is copied out in pieces of this size.
+TX_CHUNK = 64 * 1024
 MAX_CTRL_PENDING = 256
 
 
@@ -169,9 +176,10 @@ class VirtioConsole(VirtioDevice):
         q, mem = self.queues[index], self.memory
         assert mem is not None
         while (chain := q.pop(mem)) is not None:
-            data = chain.read_all(mem)
-            if port.backend is not None and data:
-                port.backend.write(data)
+            if port.backend is not None:
+                # In pieces: one chain may be 64 descriptors that each cover all of RAM.
+                for piece in chain.iter_readable(mem, TX_CHUNK):
+                    port.backend.write(piece)
             q.add_used(mem, chain.head, 0)
         self.signal_queue(index)
 
@@ -248,7 +256,7 @@ class VirtioConsole(VirtioDevice):
         assert mem is not None
         msgs = []
         while (chain := q.pop(mem)) is not None:
-            msgs.append(chain.read_all(mem)[: CONTROL.size])
+            msgs.append(chain.read_prefix(mem, CONTROL.size))
             q.add_used(mem, chain.head, 0)
         self.signal_queue(CTRL_TX)
         for raw in msgs:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -126,9 +127,39 @@ class DescriptorChain:
         return sum(d.length for d in self.descriptors if d.writable)
 
     def read_all(self, memory: GuestMemory) -> bytes:
-        """Concatenate the readable buffers."""
+        """Concatenate the readable buffers: only for a chain whose length the caller bounded.
+
+        Otherwise use ``read_prefix`` or ``iter_readable``: a chain may be
+        queue-size descriptors that each cover all of guest RAM.
+        """
         # Zero-length buffers are legal and their address is never touched.
         return b"".join(memory.read(d.addr, d.length) for d in self.readable if d.length)
+
+    def read_prefix(self, memory: GuestMemory, limit: int) -> bytes:
+        """The first ``limit`` bytes of the readable buffers (fewer if the chain is shorter).
+
+        The descriptors of one chain may each cover all of guest RAM, so a
+        device that needs only a header reads this much and no more.
+        """
+        parts: list[bytes] = []
+        for d in self.readable:
+            if limit <= 0:
+                break
+            if d.length:
+                n = min(d.length, limit)
+                parts.append(memory.read(d.addr, n))
+                limit -= n
+        return b"".join(parts)
+
+    def iter_readable(self, memory: GuestMemory, chunk: int) -> Iterator[bytes]:
+        """The readable bytes in copies of at most ``chunk`` bytes each.
+
+        What the host holds at once stays at ``chunk`` bytes however long the
+        chain is (64 descriptors of all of RAM would be 64x RAM in one piece).
+        """
+        for d in self.readable:
+            for off in range(0, d.length, chunk):
+                yield memory.read(d.addr + off, min(chunk, d.length - off))
 
     def write_all(self, memory: GuestMemory, data: bytes | memoryview) -> int:
         """Scatter ``data`` over the writable buffers; return the bytes written."""
