@@ -328,3 +328,17 @@ def test_empty_disk_then_grow(tmp_path: Path) -> None:
         b.write(4096, b"\x09" * 4096)
     assert_qemu_clean(q)
     assert qimg("info", "--output=json", str(q)).stdout.count('"virtual-size": 1048576') == 1
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+@pytest.mark.parametrize("spec", ["+8E", "+7E", "9E", "+99999999999999999999999E"])
+def test_resize_beyond_any_limit_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str, spec: str
+) -> None:
+    p = tmp_path / f"d.{fmt}"
+    assert img("create", "-f", fmt, str(p), "1M") == 0
+    capsys.readouterr()
+    assert img("resize", str(p), spec) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot resize to" in err and str(p) in err
+    assert img("info", str(p)) == 0 and "1 MiB" in capsys.readouterr().out

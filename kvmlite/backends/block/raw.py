@@ -27,6 +27,8 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 QCOW2_MAGIC = b"QFI\xfb"
 _ZERO_CHUNK = bytes(1 << 20)
+#: The largest file size off_t can express.
+MAX_FILE_SIZE = (1 << 63) - 1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -263,7 +265,18 @@ class RawBackend(BlockBackend):
         self._check_writable()
         if self._is_blockdev:
             raise ImageError(f"{self.filename}: cannot resize a block device")
-        os.ftruncate(self._fd, size)
+        if not 0 <= size <= MAX_FILE_SIZE:
+            raise ImageError(
+                f"{self.filename}: cannot resize to {size} bytes: a file holds at most"
+                f" {MAX_FILE_SIZE} bytes (8 EiB - 1)"
+            )
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as e:
+            hint = " (more than this filesystem allows)" if e.errno == errno.EFBIG else ""
+            raise ImageError(
+                f"{self.filename}: cannot resize to {size} bytes: {e.strerror}{hint}"
+            ) from None
         self.size = size
 
     def close(self) -> None:

@@ -317,7 +317,10 @@ class Qcow2Writer:
         """Grow or shrink the virtual disk (the L1 table moves when it must grow)."""
         self.img._check_writable()
         if new_size < 0 or new_size > hdr.MAX_VIRTUAL_SIZE:
-            raise ImageError(f"invalid size {new_size}")
+            raise ImageError(
+                f"{self.img.filename}: cannot resize to {new_size} bytes: a qcow2 image holds"
+                f" 0 to {hdr.MAX_VIRTUAL_SIZE} bytes"
+            )
         if self.img.snapshots:
             raise ImageError(f"{self.img.filename}: cannot resize an image that has snapshots")
         with self.img._lock:
