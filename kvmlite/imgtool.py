@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from kvmlite.backends.block import imgops
+from kvmlite.backends.block.qcow2.image import MAX_CHAIN
 from kvmlite.backends.block.sizes import human, parse_size
-from kvmlite.errors import KvmliteError
+from kvmlite.errors import ImageError, KvmliteError
 
 FORMATS = ("raw", "qcow2")
 
@@ -62,14 +63,22 @@ def cmd_create(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     chain = []
     path, fmt = a.filename, a.format
+    seen = [os.path.realpath(path)]
     while True:
         info = imgops.image_info(path, fmt)
         chain.append(info)
         if not a.backing_chain or "full-backing-filename" not in info:
             break
+        named_by = path
         path, fmt = info["full-backing-filename"], info.get("backing-filename-format")
-        if len(chain) > 64:
-            break
+        if os.path.realpath(path) in seen:  # as open_image refuses it (qcow2/image.py)
+            raise ImageError(
+                f"{named_by}: backing chain loops back to {path}; fix it with "
+                "'kvmlite img rebase -u -b <file>'"
+            )
+        if len(seen) >= MAX_CHAIN:
+            raise ImageError(f"{a.filename}: backing chain is deeper than {MAX_CHAIN} images")
+        seen.append(os.path.realpath(path))
     if a.output == "json":
         print(json.dumps(chain if a.backing_chain else chain[0], indent=4))
         return 0

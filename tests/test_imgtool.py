@@ -342,3 +342,35 @@ def test_resize_beyond_any_limit_is_a_clear_error(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "cannot resize to" in err and str(p) in err
     assert img("info", str(p)) == 0 and "1 MiB" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("output", ["human", "json"])
+def test_info_backing_chain_refuses_a_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str
+) -> None:
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qimg("create", "-f", "qcow2", str(b), "1M")
+    qimg("create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", str(a))
+    qimg("rebase", "-u", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", str(b))  # a -> b -> a
+    capsys.readouterr()
+    assert img("info", "--backing-chain", "--output", output, str(a)) == 1
+    captured = capsys.readouterr()
+    assert "loops back to" in captured.err and captured.out == ""
+    # qemu-img, the judge, refuses it too
+    assert qimg("info", "--backing-chain", str(a), check=False).returncode != 0
+
+
+def test_info_backing_chain_refuses_a_chain_too_deep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmlite.backends.block.qcow2.image import MAX_CHAIN
+
+    prev = None
+    for i in range(MAX_CHAIN + 1):
+        p = tmp_path / f"{i}.qcow2"
+        back = ["-b", prev.name, "-F", "qcow2"] if prev else []
+        qimg("create", "-f", "qcow2", *back, str(p), "1M")
+        prev = p
+    capsys.readouterr()
+    assert img("info", "--backing-chain", str(prev)) == 1
+    assert "deeper than" in capsys.readouterr().err
