@@ -41,11 +41,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kvmlite.backends.unix_path import check_unix_path, clear_stale_socket
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.queue import VirtQueue
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX, VIRTIO_ID_NET
@@ -141,13 +141,8 @@ class VhostUserBackend(VringHandlers):
     # -- socket setup ---------------------------------------------------------------
 
     def _listen(self) -> socket.socket:
-        try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)  # a stale socket of an earlier run
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise ConfigError(f"{self.path}: {e.strerror}") from None
+        check_unix_path(self.path, "vhost-user --socket")
+        clear_stale_socket(self.path, "vhost-user --socket")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             s.bind(self.path)

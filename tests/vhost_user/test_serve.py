@@ -16,6 +16,7 @@ import pytest
 
 from kvmlite import serve
 from kvmlite.testing import MockDriver
+from kvmlite.vhost_user.protocol import Request
 
 from .frontend import Frontend
 from .test_backend import start_blk
@@ -198,3 +199,45 @@ def test_serve_bad_queue_size(tmp_path: Path, value: str, capsys: pytest.Capture
         serve.main(["blk", "--socket", str(tmp_path / "s"), "--queue-size", value, "d.raw"])
     assert e.value.code == 2
     assert "power of two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: "", "socket path is empty"),
+        (lambda d: str(d / ("s" * 120)), "holds at most 107"),
+        (
+            lambda d: (d / "f").write_bytes(b"keep") and str(d / "f"),
+            "is a file that is not a socket",
+        ),
+        (lambda d: (d / "dir").mkdir() or str(d / "dir"), "is a directory"),
+    ],
+    ids=["empty", "too-long", "regular-file", "directory"],
+)
+def test_serve_bad_socket_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture, make, expected
+) -> None:  # noqa: ANN001
+    path = make(tmp_path)
+    assert serve.main(["rng", "--socket", path]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "None" not in err
+    if path.endswith("/f"):
+        assert Path(path).read_bytes() == b"keep"  # not replaced
+
+
+def test_serve_refuses_a_socket_in_use(tmp_path: Path, procs: list) -> None:
+    sock = tmp_path / "rng.sock"
+    wait_socket(spawn(procs, "rng", "--socket", str(sock)), sock)
+    # A subprocess with a timeout: a serve that took the socket over would run on.
+    r = subprocess.run(
+        [sys.executable, "-m", "kvmlite.serve", "rng", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert r.returncode == 1 and "in use by another program" in r.stderr
+    f = Frontend(str(sock))  # the first serve still has its socket
+    try:
+        assert f.call_u64(Request.GET_QUEUE_NUM) == 1
+    finally:
+        f.close()
