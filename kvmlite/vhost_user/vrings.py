@@ -225,12 +225,25 @@ class VringHandlers:
         s = self.session
         if s is None:
             return
-        fd = s.vrings[index].kick_fd
-        if fd is not None:
+        v = s.vrings[index]
+        if v.kick_fd is not None:
             try:
-                os.eventfd_read(fd)
-            except (BlockingIOError, OSError):
-                pass
+                # An eventfd reads its 8-byte counter; b"" is a pipe or socket whose
+                # writer went away, readable (EPOLLHUP) for ever: the loop would spin.
+                hung_up = os.read(v.kick_fd, 8) == b""
+            except BlockingIOError:
+                hung_up = False
+            except OSError:
+                hung_up = True
+            if hung_up:
+                log.warning(
+                    "%s: queue %d: the kick fd hung up; the ring is stopped until"
+                    " the front-end sends a new SET_VRING_KICK",
+                    self.device.name,
+                    index,
+                )
+                self._stop_ring(v)
+                return
         self.device.process_queue(index)
 
     # -- handlers: config space ------------------------------------------------------

@@ -358,3 +358,43 @@ def test_a_watch_callback_that_raises_does_not_stop_the_backend(
         thread.join(5)
         server.close()
         os.close(efd)
+
+
+def test_kick_fd_that_hangs_up_is_dropped(blk: tuple[Served, Path], frontends: list) -> None:
+    """A kick fd whose writer is closed (EPOLLHUP for ever) is dropped, not polled in a loop."""
+    served, _ = blk
+    f = connect(served, frontends)
+    f.negotiate()
+    assert f.set_mem_table() == 0
+    drv = MockDriver(f.memory, 64)
+    assert f.setup_ring(0, drv, start=False) == 0
+    r, w = os.pipe()
+    f.fds.append(r)
+    assert f.ack(Request.SET_VRING_KICK, p.u64(0), [r]) == 0
+    assert f.ack(Request.SET_VRING_ENABLE, p.vring_state(0, 1)) == 0
+    calls = 0
+    real = served.backend.device.process_queue
+
+    def counting(index: int) -> None:
+        nonlocal calls
+        calls += 1
+        real(index)
+
+    served.backend.device.process_queue = counting  # type: ignore[method-assign]
+    os.close(w)  # the kick fd hangs up
+    deadline = time.monotonic() + 10
+    while served.backend.session.vrings[0].kick_fd is not None:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, f"kick fd never dropped ({calls} spins)"
+        f.call_u64(Request.GET_FEATURES)  # the loop goes round
+    assert calls == 0
+    # A new kick fd starts the ring again, and requests are served.
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    f.fds.append(kick)
+    drv.notify = lambda: os.eventfd_write(kick, 1)
+    assert f.ack(Request.SET_VRING_KICK, p.u64(0), [kick]) == 0
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    f.fds.append(call)
+    f.call[0] = call
+    assert f.ack(Request.SET_VRING_CALL, p.u64(0), [call]) == 0
+    used = do_request(f, drv, [struct.pack("<IIQ", 0, 0, 0)], [512, 1])
+    assert used.length == 513
