@@ -292,3 +292,19 @@ def test_fuzz_image_with_snapshot(data: st.DataObject, read_only: bool) -> None:
         if read_only:
             assert p.read_bytes() == before
         assert os.listdir(d) == ["s.qcow2"]
+
+
+def test_incompatible_features_error_stays_short_and_printable(tmp_path: Path) -> None:
+    # Every unknown bit set, each named in the image's feature table with 46 bytes
+    # of hostile text (a terminal escape): the error was 1.5 KB+ and echoed them raw.
+    p = _image(tmp_path)
+    _patch(p, 72, (((1 << 64) - 1) & ~0x1F).to_bytes(8, "big"))  # bits 5..63
+    hlen = struct.unpack(">I", open(p, "rb").read(104)[100:104])[0]
+    table = b"".join(bytes([0, bit]) + (b"\x1b[2J" + b"N" * 60)[:46] for bit in range(64))
+    ext = struct.pack(">II", 0x6803F857, len(table)) + table + struct.pack(">II", 0, 0)
+    _patch(p, hlen, ext)
+    with pytest.raises(ImageError) as e:
+        Qcow2Backend(str(p), read_only=True)
+    msg = str(e.value)
+    assert "bit 5 (" in msg and "and 55 more" in msg
+    assert "\x1b" not in msg and len(msg) < 400, len(msg)

@@ -266,15 +266,31 @@ def _check_features(h: Header, name: str) -> None:
     unknown = h.incompatible_features & ~INCOMPAT_SUPPORTED
     if not unknown:
         return
+    bits = [bit for bit in range(64) if unknown & (1 << bit)]
     what = []
-    for bit in range(64):
-        if unknown & (1 << bit):
-            label = h.feature_names.get((0, bit)) or _KNOWN_INCOMPAT.get(bit) or "unknown"
-            what.append(f"bit {bit} ({label})")
+    for bit in bits[:MAX_FEATURES_NAMED]:
+        # The image's own feature table names them: file data, so short and printable.
+        label = _printable(
+            _KNOWN_INCOMPAT.get(bit) or h.feature_names.get((0, bit)) or "unknown"
+        )
+        what.append(f"bit {bit} ({label})")
+    if len(bits) > MAX_FEATURES_NAMED:
+        what.append(f"and {len(bits) - MAX_FEATURES_NAMED} more")
     raise ImageError(
         f"{name}: image uses incompatible features kvmlite does not support: "
         f"{', '.join(what)}; convert it with 'qemu-img convert -O qcow2' to a plain image"
     )
+
+
+#: How many unsupported features an error names (64 of 46-byte names made 1.5 KB+).
+MAX_FEATURES_NAMED = 4
+MAX_LABEL_CHARS = 32
+
+
+def _printable(label: str) -> str:
+    """``label`` with anything but printable ASCII escaped, cut to MAX_LABEL_CHARS."""
+    out = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in label)
+    return out if len(out) <= MAX_LABEL_CHARS else out[: MAX_LABEL_CHARS - 3] + "..."
 
 
 def _check_tables(h: Header, file_size: int, name: str) -> None:
