@@ -270,9 +270,7 @@ def _check_features(h: Header, name: str) -> None:
     what = []
     for bit in bits[:MAX_FEATURES_NAMED]:
         # The image's own feature table names them: file data, so short and printable.
-        label = _printable(
-            _KNOWN_INCOMPAT.get(bit) or h.feature_names.get((0, bit)) or "unknown"
-        )
+        label = _printable(_KNOWN_INCOMPAT.get(bit) or h.feature_names.get((0, bit)) or "unknown")
         what.append(f"bit {bit} ({label})")
     if len(bits) > MAX_FEATURES_NAMED:
         what.append(f"and {len(bits) - MAX_FEATURES_NAMED} more")
