@@ -42,6 +42,7 @@ from kvmlite.guestimage.cpio import NewcWriter
 from kvmlite.guestimage.programs import compile_static
 from kvmlite.testing.expect import Expect
 from kvmlite.testing.netns import NetNs
+from kvmlite.testing.poll import unix_listening
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 128
@@ -118,7 +119,7 @@ def start_backend(
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=fh, stdout=fh)
     procs.append(proc)
     deadline = time.monotonic() + seconds
-    while not sock.exists():
+    while not unix_listening(sock, proc.pid):  # the path exists before listen()
         assert proc.poll() is None, f"{argv[0]} exited {proc.returncode}:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"no socket after {seconds} s:\n{log.read_text()}"
         time.sleep(0.05)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.testing.poll import unix_listening
+
 from . import qemu_rig
 from .qemu_rig import GuestShell, NetGuest, boot, qemu_nic, serve_net, vhost_user_nic
 
@@ -68,7 +70,7 @@ def test_a_guest_against_qemus_own_stream_server(
     # QEMU first: its stream socket must exist before kvmlite's back-end connects to it.
     qemu_side = qemu_rig.spawn(procs, net_guest, qemu_nic(netdev, A[1]))
     deadline = time.monotonic() + 30
-    while not cable.exists():
+    while not unix_listening(cable):  # the path exists before QEMU listens
         assert time.monotonic() < deadline, "QEMU made no stream socket"
         time.sleep(0.05)
     sock = tmp_path / "k.sock"

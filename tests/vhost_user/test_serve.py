@@ -16,6 +16,7 @@ import pytest
 
 from kvmlite import serve
 from kvmlite.testing import MockDriver
+from kvmlite.testing.poll import unix_listening
 from kvmlite.vhost_user.protocol import Request
 
 from .frontend import Frontend
@@ -48,7 +49,7 @@ def spawn(procs: list, *args: str) -> subprocess.Popen:
 
 def wait_socket(proc: subprocess.Popen, path: Path) -> None:
     deadline = time.monotonic() + 20
-    while not path.exists():
+    while not unix_listening(path, proc.pid):  # exists() is true before listen()
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
         assert time.monotonic() < deadline, "serve never created its socket"

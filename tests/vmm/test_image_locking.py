@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.cli import main
+from kvmlite.testing.poll import unix_listening
 
 needs_kvm = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
@@ -48,7 +49,7 @@ def test_run_refuses_an_image_serve_blk_writes(capsys, elf_kernel: Path, disk: P
     )
     try:
         deadline = time.monotonic() + 20
-        while not sock.exists():  # serve opens (and locks) the image before it listens
+        while not unix_listening(sock, proc.pid):  # the image is locked before it listens
             assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "serve never listened"
             time.sleep(0.05)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.testing.poll import unix_listening
+
 from .test_linux_boot import BOOT_TIMEOUT, run_check
 
 pytestmark = [
@@ -61,7 +63,7 @@ class Hvc0Peer(threading.Thread):
 
     def run(self) -> None:
         deadline = time.monotonic() + 60
-        while not self.path.exists() and time.monotonic() < deadline:
+        while not unix_listening(self.path) and time.monotonic() < deadline:
             time.sleep(0.1)
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(self.path))
