@@ -22,8 +22,11 @@ class ImageFormat(enum.Enum):
 
 @dataclass(frozen=True)
 class DriveConfig:
-    """``-d PATH[,ro][,direct][,serial=S][,format=raw|qcow2][,queues=N]``.
+    """``-d PATH[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]``.
 
+    ``locking=off`` takes no image lock (QEMU's ``file.locking=off``);
+    ``force-share`` (with ``ro``) reads an image another process may be
+    writing (QEMU's ``force-share=on``); see kvmlite/backends/block/locking.py.
     ``id`` names the drive for the management API (Firecracker's
     ``drive_id``); ``kvmlite run`` numbers its drives ``disk0``, ``disk1``...
     """
@@ -35,6 +38,8 @@ class DriveConfig:
     format: ImageFormat | None = None
     queues: int = 1
     id: str = ""
+    locking: bool = True
+    force_share: bool = False
 
     def __post_init__(self) -> None:
         if not str(self.path):
@@ -43,6 +48,8 @@ class DriveConfig:
             raise ConfigError(f"disk serial {self.serial!r} is longer than {SERIAL_BYTES} bytes")
         if isinstance(self.queues, bool) or not 1 <= self.queues <= MAX_QUEUES:
             raise ConfigError(f"disk queues must be 1 to {MAX_QUEUES}")
+        if self.force_share and not self.read_only:
+            raise ConfigError(f"disk {self.path}: force-share needs a read-only disk (add ro)")
         if self.id and not _ID.fullmatch(self.id):
             raise ConfigError(f"drive id {self.id!r}: use 1 to 64 letters, digits and _")
 
@@ -64,11 +71,15 @@ class DriveConfig:
                 opts["format"] = ImageFormat(value)
             elif key == "queues" and value.isdigit() and 1 <= int(value) <= MAX_QUEUES:
                 opts["queues"] = int(value)
+            elif key == "locking" and value in ("on", "off"):
+                opts["locking"] = value == "on"
+            elif key == "force-share" and value in ("", "on", "off"):
+                opts["force_share"] = value != "off"
             else:
                 raise ConfigError(
                     f"bad disk option {opt!r} in {spec!r}: "
                     "known options are ro, direct, serial=S, format=raw|qcow2, "
-                    f"queues=1..{MAX_QUEUES}"
+                    f"queues=1..{MAX_QUEUES}, locking=on|off, force-share"
                 )
         return cls(Path(parts[0]), id=id, **opts)  # type: ignore[arg-type]
 

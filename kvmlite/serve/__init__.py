@@ -77,7 +77,14 @@ def cmd_blk(a: argparse.Namespace) -> int:
 
     disk = DriveConfig.parse(a.image)
     fmt = disk.format.value if disk.format else None
-    image = open_image(str(disk.path), fmt, disk.read_only, disk.direct)
+    image = open_image(
+        str(disk.path),
+        fmt,
+        disk.read_only,
+        disk.direct,
+        locking=disk.locking,
+        force_share=disk.force_share,
+    )
     executor = ThreadPoolIoExecutor()
     try:
         dev = VirtioBlock(
@@ -109,7 +116,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--socket", required=True, help="unix socket path to listen on")
     p.add_argument(
         "image",
-        metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N]",
+        metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]",
         help="disk image and options (as kvmlite run -d)",
     )
     p.add_argument(

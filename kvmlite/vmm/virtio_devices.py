@@ -42,6 +42,8 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
             drive.format.value if drive.format else None,
             read_only=drive.read_only,
             direct=drive.direct,
+            locking=drive.locking,
+            force_share=drive.force_share,
         )
         machine.closers.append(backend.close)
         blk = VirtioBlock(

@@ -37,6 +37,8 @@ def test_run_refuses_one_image_twice(capsys, elf_kernel: Path, disk: Path) -> No
     status = main(["run", "-k", str(elf_kernel), "-d", str(disk), "-d", str(disk)])
     err = capsys.readouterr().err
     assert status == 1 and '"write" lock' in err and "this process" in err and str(disk) in err
+    spec = f"{disk},locking=off"
+    assert main(["run", "-k", str(elf_kernel), "-d", spec, "-d", spec]) == 0
 
 
 @needs_kvm
@@ -64,6 +66,11 @@ def test_run_refuses_an_image_serve_blk_writes(capsys, elf_kernel: Path, disk: P
             timeout=60,
         )
         assert r.returncode == 1 and '"write" lock' in r.stderr
+        # The escapes: ro,force-share reads it beside the writer; locking=off takes no lock.
+        for spec in (f"{disk},ro,force-share", f"{disk},locking=off"):
+            status = main(["run", "-k", str(elf_kernel), "-d", spec])
+            err = capsys.readouterr().err
+            assert status == 0 and "lock" not in err, (spec, err)
     finally:
         proc.kill()
         proc.wait(10)
