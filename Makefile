@@ -12,13 +12,20 @@ APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
 	passt iproute2 iputils-ping
 
-.PHONY: run test bench lint deps apt venv guest clean
+.PHONY: run test fuzz bench lint deps apt venv guest clean
 
 run: deps guest
 	$(VENV)/bin/kvmlite run
 
 test: deps guest lint
 	$(VENV)/bin/pytest -ra
+
+# Every hypothesis test (marker fuzz) with FUZZ_SCALE times its usual examples;
+# a failure prints a reproduction blob (@reproduce_failure). FUZZ_ARGS: more pytest args.
+FUZZ_SCALE ?= 20
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz KVMLITE_FUZZ_SCALE=$(FUZZ_SCALE) $(VENV)/bin/pytest -q -m fuzz \
+		-p no:cacheprovider $(FUZZ_ARGS)
 
 bench: deps guest
 	$(PY) -m benchmarks.run
