@@ -24,6 +24,7 @@ import socket
 import stat
 
 from kvmlite.backends.char.base import CharBackend
+from kvmlite.backends.unix_path import check_unix_path
 from kvmlite.errors import ConfigError
 
 DEFAULT_BUFFER_LIMIT = 64 * 1024
@@ -34,6 +35,7 @@ class UnixSocketBackend(CharBackend):
     def __init__(
         self, path: str, server: bool = True, buffer_limit: int = DEFAULT_BUFFER_LIMIT
     ) -> None:
+        check_unix_path(path, "console socket")  # before anything is opened
         self.path = path
         self.server = server
         self._limit = buffer_limit

@@ -40,6 +40,7 @@ import struct
 import threading
 
 from kvmlite.backends.net.base import NetBackend, locked
+from kvmlite.backends.unix_path import check_unix_path
 from kvmlite.devices.virtio.net_spec import MAX_FRAME_LEN
 from kvmlite.errors import ConfigError
 
@@ -98,6 +99,7 @@ class StreamSocketBackend(NetBackend):
     @classmethod
     def listen(cls, path: str, *, name: str = "net-stream") -> StreamSocketBackend:
         """A server on ``path``; one peer at a time."""
+        check_unix_path(path, name)
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             lsock.bind(path)
@@ -121,6 +123,7 @@ class StreamSocketBackend(NetBackend):
     @classmethod
     def connect(cls, path: str, *, name: str = "net-stream") -> StreamSocketBackend:
         """A client of the server listening on ``path``."""
+        check_unix_path(path, name)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(path)
