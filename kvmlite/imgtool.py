@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from kvmlite.backends.block import imgops
+from kvmlite.backends.block.locking import force_share_reads
 from kvmlite.backends.block.qcow2.image import MAX_CHAIN
 from kvmlite.backends.block.sizes import human, parse_size
 from kvmlite.errors import ImageError, KvmliteError
@@ -200,6 +201,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", dest="quiet", action="store_true", help="quiet")
 
 
+def _add_force_share(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-U",
+        "--force-share",
+        dest="force_share",
+        action="store_true",
+        help="open read-only images without refusing a writer (the result may be inconsistent)",
+    )
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``img`` and its sub-commands to an argparse subparsers object."""
     img = subparsers.add_parser("img", help="create, inspect and convert disk images")
@@ -218,6 +229,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="show image information")
     _add_common(p)
+    _add_force_share(p)
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("--backing-chain", action="store_true")
     p.add_argument("filename")
@@ -225,6 +237,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="check (and repair) an image's metadata")
     _add_common(p)
+    _add_force_share(p)
     p.add_argument("-r", dest="repair", choices=("leaks", "all"))
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("filename")
@@ -232,6 +245,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="copy an image to another format")
     _add_common(p)
+    _add_force_share(p)
     p.add_argument("-O", dest="output_format", choices=FORMATS, default="raw")
     p.add_argument("-o", dest="options")
     p.add_argument("-c", dest="compress", action="store_true", help="compress (qcow2)")
@@ -244,6 +258,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare the contents of two images")
     _add_common(p)
+    _add_force_share(p)
     p.add_argument("-F", dest="format2", choices=FORMATS, help="format of the second image")
     p.add_argument("-s", dest="strict", action="store_true", help="sizes must match too")
     p.add_argument("image1")
@@ -252,6 +267,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("map", help="show where the image's data lives")
     _add_common(p)
+    _add_force_share(p)
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("filename")
     p.set_defaults(func=cmd_map)
@@ -284,7 +300,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``img`` command; errors become a message and exit status 1."""
     try:
-        return int(args.func(args))
+        with force_share_reads(getattr(args, "force_share", False)):
+            return int(args.func(args))
     except BrokenPipeError:  # output piped into head & co.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
         return 0

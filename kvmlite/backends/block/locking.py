@@ -31,11 +31,14 @@ locks in /proc/*/fdinfo (best effort: other users' processes are hidden).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import errno
 import fcntl
 import os
 import re
+from collections.abc import Iterator
 
 from kvmlite.errors import ImageError
 
@@ -63,6 +66,22 @@ class flock(ctypes.Structure):  # noqa: N801 - the kernel's name (fcntl(2))
         ("l_len", ctypes.c_int64),
         ("l_pid", ctypes.c_int32),
     ]
+
+
+#: Read-only opens in this context share everything (``kvmlite img -U``).
+FORCE_SHARE_READS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "force_share_reads", default=False
+)
+
+
+@contextlib.contextmanager
+def force_share_reads(on: bool = True) -> Iterator[None]:
+    """Within the block, every read-only image open is ``force_share`` (qemu-img's -U)."""
+    token = FORCE_SHARE_READS.set(on)
+    try:
+        yield
+    finally:
+        FORCE_SHARE_READS.reset(token)
 
 
 class ImageLockError(ImageError):
@@ -160,9 +179,9 @@ def _refusal(fd: int, path: str, byte: int, what: str) -> ImageLockError:
     writing = byte in (RAW_LOCK_PERM_BASE + 1, RAW_LOCK_SHARED_BASE + 1)
     hint = "it is being written (or kept from writers) by" if writing else "its locks are held by"
     return ImageLockError(
-        f"{path}: failed to get {what} lock: {hint} {who}. Stop that user of the image,"
-        " or, if you know better, open it with locking=off (or ro,force-share to read it"
-        " while another process writes)"
+        f"{path}: failed to get {what} lock: {hint} {who}. Stop that user of the image;"
+        " to read it anyway use force-share (-d PATH,ro,force-share; kvmlite img -U),"
+        " or take no lock with locking=off if you know better"
     )
 
 

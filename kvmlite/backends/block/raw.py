@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 
 from kvmlite.backends.block.base import BlockBackend, Extent, iov_length
-from kvmlite.backends.block.locking import lock_image
+from kvmlite.backends.block.locking import FORCE_SHARE_READS, lock_image
 from kvmlite.errors import ImageError
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -73,6 +73,7 @@ def open_fd(
         raise ImageError(f"{path}: force-share needs a read-only image (add ro)")
     fd = _open(path, flags, read_only, direct)
     if locking:
+        force_share = force_share or (read_only and FORCE_SHARE_READS.get())
         try:
             lock_image(fd, path, read_only, force_share)
         except BaseException:

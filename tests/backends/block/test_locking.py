@@ -216,3 +216,22 @@ def test_create_over_an_image_in_use_is_refused(tmp_path: Path, fmt: str) -> Non
     create_image(str(p), fmt, 1 << 20, {})
     with open_image(str(p)) as img:
         assert img.size == 1 << 20
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_img_commands_refuse_an_image_in_use_unless_force_share(
+    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kvmlite import imgtool
+
+    p = tmp_path / f"d.{fmt}"
+    assert imgtool.main(["create", "-f", fmt, str(p), "1M"]) == 0
+    with open_image(str(p)):  # a running VM, say
+        for cmd in (["info"], ["map"], ["check"] if fmt == "qcow2" else ["info"]):
+            capsys.readouterr()
+            assert imgtool.main([*cmd, str(p)]) == 1
+            out = capsys.readouterr()  # img check reports on stdout, as qemu-img does
+            assert '"write" lock' in out.err + out.out and "-U" in out.err + out.out
+            assert imgtool.main([*cmd, "-U", str(p)]) == 0
+        assert imgtool.main(["compare", "-U", str(p), str(p)]) == 0
+        assert imgtool.main(["resize", str(p), "2M"]) == 1  # a writer is always refused
