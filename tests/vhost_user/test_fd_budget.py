@@ -38,7 +38,8 @@ def test_fds_flat_across_connect_disconnect(blk: tuple[Served, Path]) -> None:
     for i in range(CYCLES):
         cycle(io=i % 10 == 0)
     # The back-end handles the last disconnect on its own thread: one more round trip
-    # (a full cycle) makes sure it has; the count may then differ by that cycle only.
+    # (a full cycle) makes sure it has. No growth (fewer is fine: lazily made fds
+    # of the warm-up, such as the I/O executor's, may have gone since).
     cycle(io=False)
-    assert abs(open_fds() - before) <= 2, (before, open_fds())
+    assert open_fds() <= before + 2, (before, open_fds())
     assert served.backend.connections == CYCLES + 11
