@@ -55,7 +55,13 @@ from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import BackendChannel
 from kvmlite.vhost_user.memmap import BackendError, MappedMemory
 from kvmlite.vhost_user.protocol import ProtocolError, ProtocolFeature, Request
-from kvmlite.vhost_user.vrings import CallInterrupt, Vring, VringHandlers, close_fd
+from kvmlite.vhost_user.vrings import (
+    VRING_HANDLERS,
+    CallInterrupt,
+    Vring,
+    VringRequests,
+    close_fd,
+)
 
 log = logging.getLogger("kvmlite.vhost_user")
 
@@ -90,7 +96,7 @@ DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass
-class _Session:
+class Session:
     """What one connected front-end set up; all of it goes at disconnect."""
 
     conn: socket.socket
@@ -104,7 +110,7 @@ class _Session:
     channel: BackendChannel = field(default_factory=BackendChannel)
 
 
-class VhostUserBackend(VringHandlers):
+class VhostUserBackend:
     """Serve ``device`` on the unix socket ``path``.
 
     ``watch`` lists extra ``(fd, callback)`` pairs the loop watches for the
@@ -130,7 +136,8 @@ class VhostUserBackend(VringHandlers):
         for fd, cb in watch:
             self.loop.add_reader(fd, cb)  # type: ignore[arg-type]
         self._stopping = False
-        self.session: _Session | None = None
+        self.session: Session | None = None
+        self.rings = VringRequests(self)
         #: Connections served so far (tests watch it to see reconnects).
         self.connections = 0
         device.needs_reset_handler = lambda: log.error(
@@ -207,7 +214,7 @@ class VhostUserBackend(VringHandlers):
             Vring(VirtQueue(size), CallInterrupt(i))
             for i, size in enumerate(self.device.queue_max_sizes)
         ]
-        self.session = _Session(conn, vrings)
+        self.session = Session(conn, vrings)
         self.connections += 1
         self.loop.remove_reader(self._listener.fileno())
         self.loop.add_reader(conn.fileno(), self._on_message)
@@ -224,9 +231,9 @@ class VhostUserBackend(VringHandlers):
         s.conn.close()
         s.channel.close()
         try:
-            self._drain()
+            self.drain_io()
             for v in s.vrings:
-                self._stop_ring(v)
+                self.rings.stop_ring(v)
                 v.call.set_fd(None)
                 close_fd(v.err_fd)
                 v.err_fd = None
@@ -240,7 +247,8 @@ class VhostUserBackend(VringHandlers):
             if not self._stopping:
                 self.loop.add_reader(self._listener.fileno(), self._accept)
 
-    def _drain(self) -> None:
+    def drain_io(self) -> None:
+        """Wait (bounded) for the device's in-flight I/O."""
         drain = getattr(self.device, "drain", None)
         if drain is not None and not drain(DRAIN_TIMEOUT_S):
             log.error("%s: in-flight I/O did not finish in %ss", self.device.name, DRAIN_TIMEOUT_S)
@@ -293,20 +301,23 @@ class VhostUserBackend(VringHandlers):
         conn.settimeout(MESSAGE_TIMEOUT_S)  # for the reply's sendall
         return hdr, payload
 
-    def _reply(self, s: _Session, request: int, payload: bytes) -> None:
+    def _reply(self, s: Session, request: int, payload: bytes) -> None:
         s.conn.sendall(p.encode(request, payload, reply=True))
 
-    def _dispatch(self, s: _Session, hdr: p.Header, body: p.Payload, fds: list[int]) -> None:
+    def _dispatch(self, s: Session, hdr: p.Header, body: p.Payload, fds: list[int]) -> None:
         req = Request(hdr.request)
         log.debug("VHOST_USER_%s %s", req.name, body)
         handler = self._HANDLERS.get(req)
+        target: object = self
+        if handler is None and req in VRING_HANDLERS:
+            handler, target = VRING_HANDLERS[req], self.rings
         ack = hdr.need_reply and bool(s.protocol_features & (1 << ProtocolFeature.REPLY_ACK))
         if handler is None:
             err: BackendError | None = BackendError(f"VHOST_USER_{req.name} is not supported")
             reply = None
         else:
             try:
-                reply = handler(self, s, body, fds)
+                reply = handler(target, s, body, fds)
                 err = None
             except BackendError as e:
                 err, reply = e, None
@@ -323,10 +334,10 @@ class VhostUserBackend(VringHandlers):
 
     # -- handlers: features and ownership -----------------------------------------
 
-    def _get_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+    def _get_features(self, s: Session, body: p.Payload, fds: list[int]) -> bytes:
         return p.u64(self.device.avail_features | 1 << p.VHOST_USER_F_PROTOCOL_FEATURES)
 
-    def _set_features(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_features(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, int)
         offered = self.device.avail_features | 1 << p.VHOST_USER_F_PROTOCOL_FEATURES
         if body & ~offered:
@@ -340,30 +351,30 @@ class VhostUserBackend(VringHandlers):
             # "Ring states": without protocol features there is no SET_VRING_ENABLE,
             # so rings are enabled from the start.
             for i, v in enumerate(s.vrings):
-                self._set_enabled(s, i, v, True)
+                self.rings.set_enabled(s, i, v, True)
         return None
 
-    def _get_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+    def _get_protocol_features(self, s: Session, body: p.Payload, fds: list[int]) -> bytes:
         return p.u64(self.protocol_features)
 
-    def _set_protocol_features(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_protocol_features(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, int)
         # Unknown bits are ignored, like libvhost-user: the front-end asked for
         # what we offered and may run with less.
         s.protocol_features = body & self.protocol_features
         return None
 
-    def _get_queue_num(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+    def _get_queue_num(self, s: Session, body: p.Payload, fds: list[int]) -> bytes:
         return p.u64(self.device.num_queues)
 
-    def _set_owner(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_owner(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         s.owner = True
         return None
 
-    def _reset_owner(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
-        self._drain()
+    def _reset_owner(self, s: Session, body: p.Payload, fds: list[int]) -> None:
+        self.drain_io()
         for v in s.vrings:
-            self._stop_ring(v)
+            self.rings.stop_ring(v)
             v.queue.reset()
         self.device.reset()
         s.active = False
@@ -372,7 +383,7 @@ class VhostUserBackend(VringHandlers):
 
     # -- handlers: memory -------------------------------------------------------------
 
-    def _set_mem_table(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_mem_table(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.MemoryTable)
         mem = MappedMemory(body.regions, fds)
         started = [v for v in s.vrings if v.started]
@@ -395,18 +406,18 @@ class VhostUserBackend(VringHandlers):
 
     # -- handlers: rings --------------------------------------------------------------
 
-    def _get_config(self, s: _Session, body: p.Payload, fds: list[int]) -> bytes:
+    def _get_config(self, s: Session, body: p.Payload, fds: list[int]) -> bytes:
         assert isinstance(body, p.ConfigSpace)
         data = self.device.read_config(body.offset, body.size)
         return p.config_space(body.offset, data, flags=body.flags)
 
-    def _set_config(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_config(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.ConfigSpace)
         with self.device.lock:
             self.device.write_config(body.offset, body.data)
         return None
 
-    def _set_backend_req_fd(self, s: _Session, body: p.Payload, fds: list[int]) -> None:
+    def _set_backend_req_fd(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         if not s.protocol_features & (1 << ProtocolFeature.BACKEND_REQ):
             raise BackendError("SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature")
         fd = fds.pop()
@@ -428,14 +439,6 @@ class VhostUserBackend(VringHandlers):
         Request.SET_OWNER: _set_owner,
         Request.RESET_OWNER: _reset_owner,
         Request.SET_MEM_TABLE: _set_mem_table,
-        Request.SET_VRING_NUM: VringHandlers._set_vring_num,
-        Request.SET_VRING_ADDR: VringHandlers._set_vring_addr,
-        Request.SET_VRING_BASE: VringHandlers._set_vring_base,
-        Request.GET_VRING_BASE: VringHandlers._get_vring_base,
-        Request.SET_VRING_ENABLE: VringHandlers._set_vring_enable,
-        Request.SET_VRING_KICK: VringHandlers._set_vring_kick,
-        Request.SET_VRING_CALL: VringHandlers._set_vring_call,
-        Request.SET_VRING_ERR: VringHandlers._set_vring_err,
         Request.GET_CONFIG: _get_config,
         Request.SET_CONFIG: _set_config,
         Request.SET_BACKEND_REQ_FD: _set_backend_req_fd,

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvmlite.devices.virtio.queue import DESC_SIZE, VirtQueue
 from kvmlite.eventloop import EventLoop
@@ -21,6 +22,9 @@ from kvmlite.vhost_user import protocol as p
 from kvmlite.vhost_user.channel import ConfigChangeInterrupt
 from kvmlite.vhost_user.memmap import BackendError
 from kvmlite.vhost_user.protocol import Request
+
+if TYPE_CHECKING:
+    from kvmlite.vhost_user.backend import Session, VhostUserBackend
 
 log = logging.getLogger("kvmlite.vhost_user")
 
@@ -63,14 +67,16 @@ class Vring:
     addr: p.VringAddr | None = None
 
 
-class VringHandlers:
-    """The ring requests of ``VhostUserBackend``."""
+class VringRequests:
+    """The ring requests of one ``VhostUserBackend`` (composition: the back-end
+    owns one and hands it the SET_VRING_* / GET_VRING_BASE messages)."""
 
-    path: str
-    device: Any
-    loop: EventLoop
+    def __init__(self, backend: VhostUserBackend) -> None:
+        self.backend = backend
+        self.device = backend.device
+        self.loop: EventLoop = backend.loop
 
-    def _vring(self, s: Any, index: int, req: Request) -> Vring:
+    def _vring(self, s: Session, index: int, req: Request) -> Vring:
         if not 0 <= index < len(s.vrings):
             raise BackendError(
                 f"VHOST_USER_{req.name}: queue {index} does not exist "
@@ -78,7 +84,7 @@ class VringHandlers:
             )
         return s.vrings[index]
 
-    def _set_vring_num(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_num(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringState)
         v = self._vring(s, body.index, Request.SET_VRING_NUM)
         n, mx = body.num, v.queue.max_size
@@ -95,7 +101,7 @@ class VringHandlers:
         v.queue.set_size(n)
         return None
 
-    def _set_vring_addr(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_addr(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringAddr)
         v = self._vring(s, body.index, Request.SET_VRING_ADDR)
         if s.mem is None:
@@ -114,33 +120,33 @@ class VringHandlers:
         v.addr = body
         return None
 
-    def _set_vring_base(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_base(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringState)
         v = self._vring(s, body.index, Request.SET_VRING_BASE)
         v.queue.set_next_avail(body.num)
         v.queue.set_next_used(body.num)
         return None
 
-    def _get_vring_base(self, s: Any, body: p.Payload, fds: list[int]) -> bytes:
+    def _get_vring_base(self, s: Session, body: p.Payload, fds: list[int]) -> bytes:
         assert isinstance(body, p.VringState)
         v = self._vring(s, body.index, Request.GET_VRING_BASE)
-        self._drain()  # the index we return must not move afterwards
-        self._stop_ring(v)
+        self.backend.drain_io()  # the index we return must not move afterwards
+        self.stop_ring(v)
         v.call.set_fd(None)
         if s.active and not any(r.started for r in s.vrings):
             self.device.reset()  # the next start re-sends features and rings
             s.active = False
         return p.vring_state(body.index, v.queue.next_avail)
 
-    def _set_vring_enable(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_enable(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringState)
         v = self._vring(s, body.index, Request.SET_VRING_ENABLE)
         if body.num not in (0, 1):
             raise BackendError(f"queue {body.index}: SET_VRING_ENABLE {body.num} is not 0 or 1")
-        self._set_enabled(s, body.index, v, bool(body.num))
+        self.set_enabled(s, body.index, v, bool(body.num))
         return None
 
-    def _set_enabled(self, s: Any, index: int, v: Vring, on: bool) -> None:
+    def set_enabled(self, s: Session, index: int, v: Vring, on: bool) -> None:
         """Enable or disable a ring ("Ring states"): a disabled ring is not processed.
 
         The device sees the state as its ``VirtQueue.ready``: ``process_queue``
@@ -158,32 +164,32 @@ class VringHandlers:
             # Chains made available while disabled, and (net) frames that waited.
             self.device.process_queue(index)
 
-    def _set_vring_kick(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_kick(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringFd)
         v = self._vring(s, body.index, Request.SET_VRING_KICK)
         if body.no_fd:
             raise BackendError(f"queue {body.index}: polling rings (no kick fd) are not supported")
-        self._stop_ring(v)
+        self.stop_ring(v)
         fd = fds.pop()
         os.set_blocking(fd, False)
         v.kick_fd = fd
-        self._start_ring(s, body.index, v)
+        self.start_ring(s, body.index, v)
         return None
 
-    def _set_vring_call(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_call(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringFd)
         v = self._vring(s, body.index, Request.SET_VRING_CALL)
         v.call.set_fd(None if body.no_fd else fds.pop())
         return None
 
-    def _set_vring_err(self, s: Any, body: p.Payload, fds: list[int]) -> None:
+    def _set_vring_err(self, s: Session, body: p.Payload, fds: list[int]) -> None:
         assert isinstance(body, p.VringFd)
         v = self._vring(s, body.index, Request.SET_VRING_ERR)
         close_fd(v.err_fd)
         v.err_fd = None if body.no_fd else fds.pop()
         return None
 
-    def _start_ring(self, s: Any, index: int, v: Vring) -> None:
+    def start_ring(self, s: Session, index: int, v: Vring) -> None:
         if s.mem is None or v.addr is None:
             raise BackendError(f"queue {index}: kick fd before SET_MEM_TABLE/SET_VRING_ADDR")
         mem = s.mem.memory
@@ -211,7 +217,7 @@ class VringHandlers:
         if v.enabled:
             self.device.process_queue(index)  # chains made available before the kick fd came
 
-    def _stop_ring(self, v: Vring) -> None:
+    def stop_ring(self, v: Vring) -> None:
         if v.kick_fd is not None:
             if v.started:
                 self.loop.remove_reader(v.kick_fd)
@@ -222,7 +228,7 @@ class VringHandlers:
             v.queue.set_ready(False)
 
     def _on_kick(self, index: int) -> None:
-        s = self.session
+        s = self.backend.session
         if s is None:
             return
         v = s.vrings[index]
@@ -242,11 +248,24 @@ class VringHandlers:
                     self.device.name,
                     index,
                 )
-                self._stop_ring(v)
+                self.stop_ring(v)
                 return
         self.device.process_queue(index)
 
     # -- handlers: config space ------------------------------------------------------
+
+
+#: The ring requests and their handlers (called as ``handler(rings, session, body, fds)``).
+VRING_HANDLERS: dict[Request, Callable[..., bytes | None]] = {
+    Request.SET_VRING_NUM: VringRequests._set_vring_num,
+    Request.SET_VRING_ADDR: VringRequests._set_vring_addr,
+    Request.SET_VRING_BASE: VringRequests._set_vring_base,
+    Request.GET_VRING_BASE: VringRequests._get_vring_base,
+    Request.SET_VRING_ENABLE: VringRequests._set_vring_enable,
+    Request.SET_VRING_KICK: VringRequests._set_vring_kick,
+    Request.SET_VRING_CALL: VringRequests._set_vring_call,
+    Request.SET_VRING_ERR: VringRequests._set_vring_err,
+}
 
 
 def close_fd(fd: int | None) -> None:
