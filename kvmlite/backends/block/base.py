@@ -87,6 +87,17 @@ class BlockBackend(abc.ABC):
         """Write only if that cannot block, else None (see ``readv_nowait``)."""
         return None
 
+    def io_target(self, offset: int, length: int, write: bool) -> tuple[int, int] | None:
+        """(host fd, offset in it) where guest ``[offset, offset+length)`` lies in one
+        piece, if an I/O engine may read or write it there directly; else None
+        (the engine then calls ``readv``/``writev`` on a thread). Default: None.
+        """
+        return None
+
+    def flush_target(self) -> int | None:
+        """The fd whose fdatasync is the whole of ``flush``, or None. Default: None."""
+        return None
+
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         """Allocation map of ``[offset, offset+length)``; default: all data."""
         if length is None:

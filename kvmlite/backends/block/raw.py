@@ -136,6 +136,17 @@ class RawBackend(BlockBackend):
     def fileno(self) -> int:
         return self._fd
 
+    def io_target(self, offset: int, length: int, write: bool) -> tuple[int, int] | None:
+        """Guest offset N is file offset N; writes to sector 0 of a probed image and
+        writes to a read-only one take ``writev`` (its checks), never an engine."""
+        self._check_range(offset, length)
+        if write and (self.read_only or (self._probed and offset < 512)):
+            return None
+        return self._fd, offset
+
+    def flush_target(self) -> int | None:
+        return None if self.read_only else self._fd
+
     def readv(self, offset: int, bufs: Sequence[memoryview]) -> int:
         total = iov_length(bufs)
         self._check_range(offset, total)

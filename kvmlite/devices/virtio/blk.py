@@ -11,7 +11,12 @@ sliced into memoryviews of guest RAM wherever the descriptors fall.
 Requests run through an ``IoExecutor``: the job (``backend.readv``/``writev``
 straight into those memoryviews, ``flush``, ``discard``, ``write_zeroes``)
 runs on an I/O thread; the completion (status byte, used ring, interrupt)
-runs on the device's owner thread under ``self.lock``.
+runs on the device's owner thread under ``self.lock``. When the executor is
+an I/O engine (kvmlite.backends.block.engines: ``readv``/``writev``/
+``fdatasync`` on a host fd) and the backend says where a request lies in a
+host file (``io_target``, ``flush_target``), the engine does the read or
+write itself (Linux AIO, io_uring: no thread); the requests popped in one
+pass over the ring go to the kernel together (``commit``).
 
 A request the guest got wrong (bad type, out-of-range sector, write to a
 read-only disk, short buffers, bad discard segments) completes with
@@ -119,6 +124,11 @@ class VirtioBlockState:
     inflight: tuple[tuple[int, int], ...]
 
 
+#: What an executor needs to be used as an I/O engine (kvmlite.backends.block.engines).
+_ENGINE_OPS = ("readv", "writev", "fdatasync", "commit")
+_EngineOp = Callable[[Callable[[Any], None]], None]
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int) -> None:
         self.status = status
@@ -185,6 +195,11 @@ class VirtioBlock(VirtioDevice):
         self.inflight: dict[tuple[int, int], int] = {}
         self._restored_inflight: tuple[tuple[int, int], ...] = ()
         self._generation = 0
+        ex = self.executor
+        #: An I/O engine's vectored ops (None: every request is a job).
+        self._engine: Any = ex if all(hasattr(ex, a) for a in _ENGINE_OPS) else None
+        self._io_target = getattr(backend, "io_target", None) if self._engine else None
+        self._flush_target = getattr(backend, "flush_target", None) if self._engine else None
 
     # -- config -------------------------------------------------------------------------
 
@@ -213,6 +228,8 @@ class VirtioBlock(VirtioDevice):
             q.disable_notification(mem)
             while (chain := q.pop(mem)) is not None:
                 self._start(index, chain)
+            if self._engine is not None:
+                self._engine.commit()  # the whole batch in one system call
             if not q.enable_notification(mem):
                 break
 
@@ -228,7 +245,7 @@ class VirtioBlock(VirtioDevice):
         gen = self._generation
         self.inflight[key] = status_addr
         try:
-            job, used_len, nowait = self._parse(mem, chain)
+            job, used_len, nowait, engine_op = self._parse(mem, chain)
         except _BadRequest as e:
             self._finish(qi, chain.head, status_addr, 1, e.status, gen)
             return
@@ -248,15 +265,20 @@ class VirtioBlock(VirtioDevice):
             if done is not None:
                 completion(done)
                 return
-        self.executor.submit(job, completion)
+        if engine_op is not None:
+            engine_op(completion)
+        else:
+            self.executor.submit(job, completion)
 
     def _parse(
         self, mem: GuestMemory, chain: DescriptorChain
-    ) -> tuple[Callable[[], Any], int, Callable[[], Any] | None]:
-        """Turn a chain into (job, used length on success, non-blocking attempt or None).
+    ) -> tuple[Callable[[], Any], int, Callable[[], Any] | None, _EngineOp | None]:
+        """Turn a chain into (job, used length on success, non-blocking attempt or
+        None, engine submission or None).
 
         The attempt returns None when it would block (the job then runs on
-        the executor), else the job's result. _BadRequest on guest errors.
+        the executor), else the job's result. The engine submission, where
+        there is one, replaces the job. _BadRequest on guest errors.
         """
         readable = chain.readable
         writable = chain.writable
@@ -277,7 +299,8 @@ class VirtioBlock(VirtioDevice):
                 return None if n is None else n == in_len
 
             nowait = read_nowait if hasattr(backend, "readv_nowait") else None
-            return (lambda: backend.readv(offset, views) == in_len), in_len + 1, nowait
+            op = self._engine_rw("readv", offset, views, in_len, False)
+            return (lambda: backend.readv(offset, views) == in_len), in_len + 1, nowait, op
         if rtype == VIRTIO_BLK_T_OUT:
             if self.read_only:
                 raise _BadRequest(VIRTIO_BLK_S_IOERR)
@@ -289,11 +312,12 @@ class VirtioBlock(VirtioDevice):
                 return None if n is None else n == out_len
 
             nowait = write_nowait if hasattr(backend, "writev_nowait") else None
-            return (lambda: backend.writev(offset, views) == out_len), 1, nowait
+            op = self._engine_rw("writev", offset, views, out_len, True)
+            return (lambda: backend.writev(offset, views) == out_len), 1, nowait, op
         if rtype == VIRTIO_BLK_T_FLUSH:
             if self.read_only:
-                return (lambda: True), 1, None
-            return backend.flush, 1, None
+                return (lambda: True), 1, None, None
+            return backend.flush, 1, None, self._engine_flush()
         if rtype == VIRTIO_BLK_T_GET_ID:
             n = min(in_len, VIRTIO_BLK_ID_BYTES)
             ident = self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:n]
@@ -306,10 +330,37 @@ class VirtioBlock(VirtioDevice):
                     pos += len(v)
                 return True
 
-            return get_id, n + 1, None
+            return get_id, n + 1, None, None
         if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
-            return self._parse_segments(mem, rtype, readable, out_len), 1, None
+            return self._parse_segments(mem, rtype, readable, out_len), 1, None, None
         raise _BadRequest(VIRTIO_BLK_S_UNSUPP)
+
+    def _engine_rw(
+        self, op: str, offset: int, views: list[memoryview], length: int, write: bool
+    ) -> _EngineOp | None:
+        """The engine's readv/writev of the request, if the backend maps it to one fd."""
+        if self._io_target is None:
+            return None
+        target = self._io_target(offset, length, write)
+        if target is None:
+            return None
+        fd, host_offset = target
+        submit = getattr(self._engine, op)
+
+        def run(completion: Callable[[Any], None]) -> None:
+            def done(r: Any) -> None:
+                completion(r if isinstance(r, BaseException) else r == length)
+
+            submit(fd, host_offset, views, done)
+
+        return run
+
+    def _engine_flush(self) -> _EngineOp | None:
+        fd = self._flush_target() if self._flush_target is not None else None
+        if fd is None:
+            return None
+        engine = self._engine
+        return lambda completion: engine.fdatasync(fd, completion)
 
     def _check_range(self, sector: int, length: int) -> int:
         if length % SECTOR_SIZE:
@@ -377,6 +428,8 @@ class VirtioBlock(VirtioDevice):
                 self._start(qi, self.queues[qi].chain_at(mem, head))
             except (QueueError, GuestMemoryError, IndexError) as e:
                 self.device_error(f"restoring request {head} of queue {qi}: {e}")
+        if restored and self._engine is not None:
+            self._engine.commit()
 
     def on_reset(self) -> None:
         self._generation += 1
