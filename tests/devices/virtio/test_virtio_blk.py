@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from virtio_fakes import MemBlockBackend
 
+from kvmlite.backends.block.engines import ENGINES, open_engine
 from kvmlite.devices.virtio.blk import (
     VIRTIO_BLK_F_DISCARD,
     VIRTIO_BLK_F_MQ,
@@ -183,8 +184,9 @@ def test_multiqueue() -> None:
     assert backend.data[1024:1536] == b"\x03" * 512
 
 
-def test_thread_pool_executor_and_inflight_state_round_trip() -> None:
-    ex = ThreadPoolIoExecutor(workers=2)
+@pytest.mark.parametrize("aio", ENGINES)
+def test_thread_pool_executor_and_inflight_state_round_trip(aio: str) -> None:
+    ex = ThreadPoolIoExecutor(workers=2) if aio == "threads" else open_engine(aio)
     try:
         backend = MemBlockBackend(DISK)
         backend.data[0:512] = b"A" * 512
@@ -282,8 +284,9 @@ def test_fuzz_requests(
     assert len(backend.data) == DISK
 
 
-def test_thread_pool_many_concurrent_requests() -> None:
-    ex = ThreadPoolIoExecutor(workers=4)
+@pytest.mark.parametrize("aio", ENGINES)
+def test_thread_pool_many_concurrent_requests(aio: str) -> None:
+    ex = ThreadPoolIoExecutor(workers=4) if aio == "threads" else open_engine(aio)
     try:
         backend = MemBlockBackend(DISK)
         for s in range(64):
