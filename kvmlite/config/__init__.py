@@ -14,7 +14,7 @@ snapshots keep beside the machine state.
 
 from kvmlite.config.boot import BootSource
 from kvmlite.config.char import CharConfig, CharKind
-from kvmlite.config.drive import DriveConfig, ImageFormat
+from kvmlite.config.drive import AioEngine, DriveConfig, ImageFormat
 from kvmlite.config.machine import HostQuirksMode, MachineConfig, Transport
 from kvmlite.config.net import NetConfig, NetKind
 from kvmlite.config.sizes import MIB, parse_size
@@ -28,6 +28,7 @@ __all__ = [
     "CharKind",
     "DriveConfig",
     "HostQuirksMode",
+    "AioEngine",
     "ImageFormat",
     "MachineConfig",
     "NetConfig",

@@ -20,13 +20,23 @@ class ImageFormat(enum.Enum):
     QCOW2 = "qcow2"
 
 
+class AioEngine(enum.Enum):
+    """The block I/O engine (QEMU's ``aio=``; kvmlite.backends.block.engines)."""
+
+    THREADS = "threads"
+    NATIVE = "native"
+    IO_URING = "io_uring"
+
+
 @dataclass(frozen=True)
 class DriveConfig:
-    """``-d PATH[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]``.
+    """``-d PATH[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]``
+    ``[,aio=threads|native|io_uring]``.
 
     ``locking=off`` takes no image lock (QEMU's ``file.locking=off``);
     ``force-share`` (with ``ro``) reads an image another process may be
     writing (QEMU's ``force-share=on``); see kvmlite/backends/block/locking.py.
+    ``aio`` picks the I/O engine (None: the host's default; docs/block-engines.md).
     ``id`` names the drive for the management API (Firecracker's
     ``drive_id``); ``kvmlite run`` numbers its drives ``disk0``, ``disk1``...
     """
@@ -40,6 +50,8 @@ class DriveConfig:
     id: str = ""
     locking: bool = True
     force_share: bool = False
+    #: None: the host's default engine (docs/block-engines.md).
+    aio: AioEngine | None = None
 
     def __post_init__(self) -> None:
         if not str(self.path):
@@ -75,11 +87,14 @@ class DriveConfig:
                 opts["locking"] = value == "on"
             elif key == "force-share" and value in ("", "on", "off"):
                 opts["force_share"] = value != "off"
+            elif key == "aio" and value in {e.value for e in AioEngine}:
+                opts["aio"] = AioEngine(value)
             else:
                 raise ConfigError(
                     f"bad disk option {opt!r} in {spec!r}: "
                     "known options are ro, direct, serial=S, format=raw|qcow2, "
-                    f"queues=1..{MAX_QUEUES}, locking=on|off, force-share"
+                    f"queues=1..{MAX_QUEUES}, locking=on|off, force-share, "
+                    "aio=threads|native|io_uring"
                 )
         return cls(Path(parts[0]), id=id, **opts)  # type: ignore[arg-type]
 

@@ -4,7 +4,7 @@ Serves ``kvmlite.devices.virtio`` models to QEMU or any other vhost-user
 front-end (QEMU docs/interop/vhost-user.rst) through
 ``kvmlite.vhost_user.backend.VhostUserBackend``::
 
-    kvmlite serve blk --socket /tmp/blk.sock [--queue-size N] disk.qcow2[,ro][,serial=S][,queues=N]
+    kvmlite serve blk --socket /tmp/blk.sock [--queue-size N] disk.qcow2[,ro][,serial=S][,aio=E]
     kvmlite serve rng --socket /tmp/rng.sock
     kvmlite serve net --socket /tmp/net.sock [--queue-size N] user|tap[,...]|socket,listen=P
     kvmlite serve console --socket /tmp/con.sock [stdio|file:P|unix:P|pty|null]
@@ -72,8 +72,9 @@ def serve_device(
 
 def cmd_blk(a: argparse.Namespace) -> int:
     from kvmlite.backends.block import open_image  # noqa: PLC0415
+    from kvmlite.backends.block.engines import open_engine  # noqa: PLC0415
     from kvmlite.config import DriveConfig  # noqa: PLC0415
-    from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock  # noqa: PLC0415
+    from kvmlite.devices.virtio import VirtioBlock  # noqa: PLC0415
 
     disk = DriveConfig.parse(a.image)
     fmt = disk.format.value if disk.format else None
@@ -85,7 +86,12 @@ def cmd_blk(a: argparse.Namespace) -> int:
         locking=disk.locking,
         force_share=disk.force_share,
     )
-    executor = ThreadPoolIoExecutor()
+    try:
+        aio = disk.aio.value if disk.aio else None
+        executor = open_engine(aio, what=str(disk.path), direct=disk.direct)
+    except BaseException:
+        image.close()
+        raise
     try:
         dev = VirtioBlock(
             image,
@@ -116,7 +122,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--socket", required=True, help="unix socket path to listen on")
     p.add_argument(
         "image",
-        metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]",
+        metavar="IMAGE[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off]"
+        "[,force-share][,aio=E]",
         help="disk image and options (as kvmlite run -d)",
     )
     p.add_argument(

@@ -22,20 +22,11 @@ def drive_id(index: int, given: str) -> str:
 def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
     """Disks, NICs, entropy and console, on the transport the user chose."""
     from kvmlite.backends.block import open_image  # noqa: PLC0415
+    from kvmlite.backends.block.engines import open_engine  # noqa: PLC0415
     from kvmlite.backends.char import open_char  # noqa: PLC0415
-    from kvmlite.devices.virtio import (  # noqa: PLC0415
-        ThreadPoolIoExecutor,
-        VirtioBlock,
-        VirtioConsole,
-        VirtioRng,
-    )
+    from kvmlite.devices.virtio import VirtioBlock, VirtioConsole, VirtioRng  # noqa: PLC0415
 
     config = machine.config
-    if config.drives:
-        executor = ThreadPoolIoExecutor()
-        machine.closers.append(executor.close)
-        assert executor.completion_fd is not None
-        wiring.watch(executor.completion_fd, executor.run_completions)
     for n, drive in enumerate(config.drives):
         backend = open_image(
             str(drive.path),
@@ -46,6 +37,13 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
             force_share=drive.force_share,
         )
         machine.closers.append(backend.close)
+        # One engine per drive (its aio=), closed before its backend.
+        aio = drive.aio.value if drive.aio else None
+        what = f"{drive_id(n, drive.id)} {drive.path}"
+        executor = open_engine(aio, what=what, direct=drive.direct)
+        machine.closers.append(executor.close)
+        assert executor.completion_fd is not None
+        wiring.watch(executor.completion_fd, executor.run_completions)
         blk = VirtioBlock(
             backend, serial=drive.serial or "", num_queues=drive.queues, executor=executor
         )

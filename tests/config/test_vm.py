@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from kvmlite.config import (
     DEFAULT_CMDLINE,
+    AioEngine,
     BootSource,
     DriveConfig,
     ImageFormat,
@@ -81,7 +82,13 @@ def test_disk_spec():
         ImageFormat.QCOW2,
     )
     assert DriveConfig.parse("/x,queues=4").queues == 4
+    assert DriveConfig.parse("/x").aio is None
+    for aio in AioEngine:
+        assert DriveConfig.parse(f"/x,aio={aio.value}").aio is aio
     for bad in [
+        "/x,aio=",
+        "/x,aio=posix",
+        "/x,aio",
         "",
         "/x,rw",
         "/x,serial=" + "a" * 21,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmlite.backends.block import open_image
+from kvmlite.backends.block.engines import open_engine
 from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioBlock
 from kvmlite.testing.netns import netns_scope
 from kvmlite.vhost_user.backend import VhostUserBackend
@@ -49,11 +50,17 @@ def serve() -> Iterator[Callable[..., Served]]:
 
 
 @pytest.fixture
-def blk(tmp_path: Path, serve: Callable[..., Served]) -> tuple[Served, Path]:
+def blk_engine(request: pytest.FixtureRequest) -> str:
+    """The I/O engine of the ``blk`` fixture (parametrize it indirectly to change it)."""
+    return getattr(request, "param", "threads")
+
+
+@pytest.fixture
+def blk(tmp_path: Path, serve: Callable[..., Served], blk_engine: str) -> tuple[Served, Path]:
     image = tmp_path / "disk.raw"
     image.write_bytes(bytes(DISK_SIZE))
     backend = open_image(str(image))
-    executor = ThreadPoolIoExecutor(2)
+    executor = ThreadPoolIoExecutor(2) if blk_engine == "threads" else open_engine(blk_engine)
     dev = VirtioBlock(backend, serial="vhost-test", executor=executor)
     assert executor.completion_fd is not None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.backends.block.engines import ENGINES
 from kvmlite.devices.virtio import VirtioRng
 from kvmlite.devices.virtio.spec import VIRTIO_F_EVENT_IDX
 from kvmlite.testing import MockDriver
@@ -59,6 +60,7 @@ def do_request(f: Frontend, drv: MockDriver, readable: list[bytes], writable: li
     raise AssertionError("the back-end never completed the request")
 
 
+@pytest.mark.parametrize("blk_engine", ENGINES, indirect=True)
 def test_blk_reads_and_writes_the_image(blk: tuple[Served, Path], frontends: list) -> None:
     served, image = blk
     pattern = bytes(range(256)) * 2

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmlite.backends.block.engines import ENGINES
 from kvmlite.guestimage import DefaultGuest, check_guest, default_guest
 from kvmlite.guestimage.initramfs import build_single_init_initramfs
 from kvmlite.guestimage.programs import compile_static
@@ -97,12 +98,13 @@ def make_image(tmp_path: Path) -> tuple[Path, bytes]:
     return image, head
 
 
+@pytest.mark.parametrize("aio", ENGINES)
 def test_linux_reads_and_writes_a_served_disk(
-    tmp_path: Path, guest: tuple[DefaultGuest, Path], procs: list
+    tmp_path: Path, guest: tuple[DefaultGuest, Path], procs: list, aio: str
 ) -> None:
     image, head = make_image(tmp_path)
     sock = tmp_path / "blk.sock"
-    server = serve(procs, sock, "blk", str(image))
+    server = serve(procs, sock, "blk", f"{image},aio={aio}")
     start = time.monotonic()
     c = qemu(procs, guest, sock, "vhost-user-blk-pci")
     check_disk_io(c, image, head)

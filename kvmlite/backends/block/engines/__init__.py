@@ -41,12 +41,25 @@ def _make(name: str) -> IoEngine:
     raise ConfigError(f"unknown I/O engine aio={name!r}: use one of {', '.join(ENGINES)}")
 
 
-def open_engine(name: str | None = None, *, what: str = "disk") -> IoEngine:
-    """The engine ``name`` (None: the default), or the fallback with one log line."""
+def open_engine(
+    name: str | None = None, *, what: str = "disk", direct: bool | None = None
+) -> IoEngine:
+    """The engine ``name`` (None: the default), or the fallback with one log line.
+
+    ``direct``: whether the disk is O_DIRECT (None: unknown); aio=native on a
+    buffered file works but is synchronous, which gets one log line too.
+    """
     order = DEFAULT_ORDER if name is None else (name, "threads")
     for i, candidate in enumerate(order):
         try:
-            return _make(candidate)
+            engine = _make(candidate)
+            if engine.name == "native" and direct is False:
+                log.info(
+                    "%s: aio=native on a buffered file: Linux AIO then reads and writes "
+                    "inside io_submit (no overlap); add direct for asynchronous I/O",
+                    what,
+                )
+            return engine
         except EngineUnavailable as e:
             nxt = order[i + 1] if i + 1 < len(order) else None
             if nxt is None:
