@@ -143,6 +143,9 @@ class IoUringEngine:
         self._next_id = 1
         self._tail = self._ring.sq_tail.value  # our copy: only we write the SQ tail
         self._unsubmitted = 0  # SQEs published but not yet consumed by the kernel
+        self._reaping = False  # inside run_completions: it runs what commit() reaps
+        #: Complete requests that finished inside io_uring_enter at once, in commit().
+        self.inline_completions = True
 
     # -- submission -----------------------------------------------------------------
 
@@ -174,7 +177,11 @@ class IoUringEngine:
         sqe.off = op.offset
 
     def commit(self) -> None:
-        """Publish every queued op (room permitting) and enter the kernel once."""
+        """Publish every queued op (room permitting) and enter the kernel once.
+
+        Requests the kernel finished inside that call (page-cache hits) are
+        completed here, on the caller's thread, before it returns.
+        """
         ring = self._ring
         room = min(
             ring.sq_entries - (self._tail - ring.sq_head.value) % (1 << 32),
@@ -191,6 +198,12 @@ class IoUringEngine:
             room -= 1
         ring.sq_tail.value = self._tail  # after the SQE stores (see "Memory ordering")
         self._enter()
+        if (
+            self.inline_completions
+            and not self._reaping
+            and ring.cq_head.value != ring.cq_tail.value
+        ):
+            self._complete(self._reap())  # finished inside io_uring_enter: no wake-up needed
 
     def _enter(self) -> None:
         if not self._unsubmitted:
@@ -226,14 +239,20 @@ class IoUringEngine:
     def run_completions(self) -> int:
         """Reap CQEs and finished jobs, run their completions here; how many ran."""
         drain_eventfd(self.completion_fd)
-        ready = self._reap()
-        if self._queue or self._unsubmitted:
-            self.commit()
-        count = self._jobs.run_completions()
+        self._reaping = True
+        try:
+            ready = self._reap()
+            if self._queue or self._unsubmitted:
+                self.commit()
+        finally:
+            self._reaping = False
+        return self._jobs.run_completions() + self._complete(ready)
+
+    @staticmethod
+    def _complete(ready: list[tuple[Completion, Any]]) -> int:
         for done, result in ready:
-            count += 1
             done(result)
-        return count
+        return len(ready)
 
     def _busy(self) -> bool:
         return bool(self._inflight or self._queue or self._jobs.pending)
