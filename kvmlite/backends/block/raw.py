@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
@@ -214,7 +215,13 @@ class RawBackend(BlockBackend):
         return total
 
     def _refuse_magic_in_sector0(self, offset: int, bufs: Sequence[bytes | memoryview]) -> None:
-        head = bytearray(self.read(0, min(4, self.size)))
+        # One page-aligned block: O_DIRECT refuses an unaligned buffer or length.
+        block = mmap.mmap(-1, 4096)
+        try:
+            n = os.preadv(self._fd, [block], 0)
+            head = bytearray(block[: min(4, n)])
+        finally:
+            block.close()
         data = b"".join(bytes(memoryview(b).cast("B")) for b in bufs)[: max(0, 4 - offset)]
         head[offset : offset + len(data)] = data
         if bytes(head[:4]) == QCOW2_MAGIC:

@@ -33,6 +33,7 @@ A reset drops completions of requests started before it (``_generation``).
 from __future__ import annotations
 
 import ctypes
+import logging
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ VIRTIO_BLK_S_UNSUPP = 2
 VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
 VIRTIO_BLK_ID_BYTES = 20
 
+log = logging.getLogger(__name__)
+
 SECTOR_SIZE = 512
+#: Host I/O errors logged per device (the guest sees each one as VIRTIO_BLK_S_IOERR).
+MAX_LOGGED_ERRORS = 10
 HEADER = struct.Struct("<IIQ")
 SEGMENT = struct.Struct("<QII")  # struct virtio_blk_discard_write_zeroes
 MAX_DISCARD_SECTORS = 1 << 22  # 2 GiB per segment
@@ -195,6 +200,7 @@ class VirtioBlock(VirtioDevice):
         self.inflight: dict[tuple[int, int], int] = {}
         self._restored_inflight: tuple[tuple[int, int], ...] = ()
         self._generation = 0
+        self._errors_logged = 0
         ex = self.executor
         #: An I/O engine's vectored ops (None: every request is a job).
         self._engine: Any = ex if all(hasattr(ex, a) for a in _ENGINE_OPS) else None
@@ -251,6 +257,8 @@ class VirtioBlock(VirtioDevice):
             return
 
         def completion(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self._log_error(qi, chain.head, result)
             ok = not isinstance(result, BaseException) and result is not False
             status = VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR
             self._finish(qi, chain.head, status_addr, used_len if ok else 1, status, gen)
@@ -269,6 +277,14 @@ class VirtioBlock(VirtioDevice):
             engine_op(completion)
         else:
             self.executor.submit(job, completion)
+
+    def _log_error(self, qi: int, head: int, e: BaseException) -> None:
+        self._errors_logged += 1
+        if self._errors_logged <= MAX_LOGGED_ERRORS:
+            more = " (no more are logged)" if self._errors_logged == MAX_LOGGED_ERRORS else ""
+            log.warning(
+                "%s: request %d of queue %d: host I/O error: %s%s", self.name, head, qi, e, more
+            )
 
     def _parse(
         self, mem: GuestMemory, chain: DescriptorChain

@@ -109,3 +109,23 @@ def test_probed_raw_refuses_qcow2_magic_in_sector_0(tmp_path: Path) -> None:
         d.write(512, b"QFI\xfb")  # not sector 0: fine
     with RawBackend(str(p)) as d:  # format given explicitly: allowed
         d.write(0, b"QFI\xfb")
+
+
+def test_probed_direct_image_takes_a_sector_0_write(tmp_path: Path) -> None:
+    """The sector-0 magic check reads the head with O_DIRECT's alignment (it once read 4
+    bytes into an unaligned buffer: EINVAL, and the guest's write to sector 0 failed)."""
+    import mmap
+
+    p = _raw(tmp_path)
+    try:
+        d = RawBackend(str(p), direct=True, probed=True)
+    except ImageError:
+        pytest.skip("no O_DIRECT on this filesystem")
+    buf = mmap.mmap(-1, 4096)
+    buf[:] = b"S" * 4096
+    with d:
+        assert d.writev(0, [memoryview(buf)]) == 4096
+        buf[:4] = b"QFI\xfb"
+        with pytest.raises(OSError, match="format=raw"):
+            d.writev(0, [memoryview(buf)])
+    assert p.read_bytes()[:4096] == b"S" * 4096

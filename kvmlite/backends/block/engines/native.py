@@ -52,7 +52,7 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, depth: int = 128, workers: int = 2) -> None:
+    def __init__(self, depth: int = 128, workers: int = 4) -> None:
         self.completion_fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ctx = ctypes.c_ulong(0)
         try:

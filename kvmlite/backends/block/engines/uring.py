@@ -108,7 +108,7 @@ class IoUringEngine:
 
     name = "io_uring"
 
-    def __init__(self, entries: int = 128, workers: int = 2) -> None:
+    def __init__(self, entries: int = 128, workers: int = 4) -> None:
         self.completion_fd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         p = abi.IoUringParams()
         try:
