@@ -100,7 +100,7 @@ def _io_span(cmd: list[str], ok_status: int) -> tuple[float, float]:
 
 def _kvmlite_cmd(elf: Path, image: Path, aio: str, args: str) -> list[str]:
     direct = ",direct" if aio in DIRECT else ""
-    return kvmlite_argv(elf, "-d", f"{image},aio={aio}{direct}", "-a", args)
+    return kvmlite_argv(elf, "-d", f"{image},format=raw,aio={aio}{direct}", "-a", args)
 
 
 def _qemu_cmd(qemu: str, elf: Path, image: Path, aio: str, args: str) -> list[str]:
