@@ -94,7 +94,7 @@ def _io_span(cmd: list[str], ok_status: int) -> tuple[float, float]:
         err.seek(0)
         log = b"".join(lines).decode(errors="replace") + err.read().decode(errors="replace")
     if status != ok_status or start is None or not lines[-1].startswith(b"vblk: bench done"):
-        raise RuntimeError(f"{cmd[0]} run failed (exit {status}):\n{log}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {status}):\n{log}")
     return end - start, end - t0
 
 

@@ -21,6 +21,7 @@ import random
 import select
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,3 +421,65 @@ def test_reset_drops_late_completions(engine: IoEngine, image: tuple[Path, bytea
     assert engine.wait_idle(WAIT_S)
     assert drv.used_idx == 0 and irq.count == 0
     backend.close()
+
+
+def test_kicks_from_another_thread_while_the_loop_reaps(
+    engine: IoEngine, image: tuple[Path, bytearray]
+) -> None:
+    """A vCPU thread's kick (a notify write that took an MMIO exit) submits while the
+    event loop runs completions: every request completes exactly once, with its data."""
+    path, model = image
+    raw = RawBackend(str(path))
+    _, drv, _ = setup(engine, _EngineOnly(raw))
+    total, depth = 400, 16
+    seen: list[tuple[int, bytes]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def vcpu() -> None:
+        try:
+            rng = random.Random(3)
+            sectors: dict[int, int] = {}
+            sent = 0
+            deadline = time.monotonic() + WAIT_S
+            while len(seen) < total:
+                while sent < total and sent - len(seen) < depth:
+                    s = rng.randrange(0, DISK // SECTOR - 8)
+                    sectors[drv.add_chain([hdr(VIRTIO_BLK_T_IN, s)], [4096, 1]).head] = s
+                    sent += 1
+                drv.kick(force=True)
+                for u in drv.get_used():
+                    seen.append((sectors.pop(u.head), u.written))
+                assert time.monotonic() < deadline, f"{len(seen)} of {total} completed"
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            stop.set()
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    assert engine.completion_fd is not None
+    while not stop.is_set():
+        select.select([engine.completion_fd], [], [], 0.05)
+        engine.run_completions()
+    t.join(WAIT_S)
+    assert not errors, errors
+    assert len(seen) == total and drv.used_idx == total
+    for s, written in seen:
+        assert written == bytes(model[s * SECTOR : s * SECTOR + 4096]) + b"\x00"
+    raw.close()
+
+
+class _EngineOnly:
+    """A raw backend without the inline RWF_NOWAIT path: every read takes the engine."""
+
+    def __init__(self, raw: RawBackend) -> None:
+        self.raw = raw
+        self.size = raw.size
+        self.read_only = raw.read_only
+
+    def io_target(self, offset: int, length: int, write: bool) -> tuple[int, int] | None:
+        return self.raw.io_target(offset, length, write)
+
+    def flush_target(self) -> int | None:
+        return self.raw.flush_target()

@@ -21,8 +21,12 @@ owner's thread. A completion receives the byte count of the whole request
 reads zeros there, like ``RawBackend.readv``) or the exception (an
 ``OSError`` with the kernel's errno). Reads and writes may be queued and go
 to the kernel in one system call at ``commit()``, which the device calls
-once per batch of popped descriptor chains. Submission and completion run
-on one thread (the device's owner); only the job pool's threads run beside it.
+once per batch of popped descriptor chains. Completions run on the thread
+that calls ``run_completions`` (the event loop) or ``commit``; submission may
+come from another thread too (a queue kick that took an MMIO exit on a vCPU
+thread), so each engine guards its rings and tables with a lock that is never
+held while a completion runs (a completion takes the device's lock, and the
+device calls the engine with its lock held).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import collections
 import ctypes
 import errno
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +72,10 @@ class NativeEngine:
         self._zero_timeout = (ctypes.c_long * 2)(0, 0)
         self._next_id = 1
         self.fdsync_supported = True
+        #: Guards the context, the queue and the in-flight table: a queue kick can
+        #: come from a vCPU thread (a notify write that took an MMIO exit) while
+        #: the event loop reaps. Never held while a completion runs.
+        self._lock = threading.Lock()
 
     # -- submission -----------------------------------------------------------------
 
@@ -109,6 +114,10 @@ class NativeEngine:
 
     def commit(self) -> None:
         """Hand every queued op to the kernel, one io_submit per batch."""
+        with self._lock:
+            self._submit()
+
+    def _submit(self) -> None:
         while self._queue and len(self._inflight) < self._depth:
             batch = list(self._queue)[: self._depth - len(self._inflight)]
             ids = []
@@ -185,10 +194,11 @@ class NativeEngine:
     def run_completions(self) -> int:
         """Reap finished iocbs and jobs, run their completions here; how many ran."""
         drain_eventfd(self.completion_fd)
-        self._reap()
-        self.commit()
+        with self._lock:
+            self._reap()
+            self._submit()
         count = self._jobs.run_completions()
-        while self._ready:
+        while self._ready:  # outside the lock: a completion takes the device's lock
             done, result = self._ready.popleft()
             count += 1
             done(result)

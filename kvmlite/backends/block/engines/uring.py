@@ -34,6 +34,7 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,7 +144,10 @@ class IoUringEngine:
         self._next_id = 1
         self._tail = self._ring.sq_tail.value  # our copy: only we write the SQ tail
         self._unsubmitted = 0  # SQEs published but not yet consumed by the kernel
-        self._reaping = False  # inside run_completions: it runs what commit() reaps
+        #: Guards the rings, the queue and the in-flight table: a queue kick can
+        #: come from a vCPU thread (a notify write that took an MMIO exit) while
+        #: the event loop runs completions. Never held while a completion runs.
+        self._lock = threading.Lock()
         #: Complete requests that finished inside io_uring_enter at once, in commit().
         self.inline_completions = True
 
@@ -182,6 +186,14 @@ class IoUringEngine:
         Requests the kernel finished inside that call (page-cache hits) are
         completed here, on the caller's thread, before it returns.
         """
+        with self._lock:
+            self._submit()
+            ring = self._ring
+            inline = self.inline_completions and ring.cq_head.value != ring.cq_tail.value
+            ready = self._reap() if inline else []
+        self._complete(ready)  # outside the lock: a completion takes the device's lock
+
+    def _submit(self) -> None:
         ring = self._ring
         room = min(
             ring.sq_entries - (self._tail - ring.sq_head.value) % (1 << 32),
@@ -198,12 +210,6 @@ class IoUringEngine:
             room -= 1
         ring.sq_tail.value = self._tail  # after the SQE stores (see "Memory ordering")
         self._enter()
-        if (
-            self.inline_completions
-            and not self._reaping
-            and ring.cq_head.value != ring.cq_tail.value
-        ):
-            self._complete(self._reap())  # finished inside io_uring_enter: no wake-up needed
 
     def _enter(self) -> None:
         if not self._unsubmitted:
@@ -239,13 +245,10 @@ class IoUringEngine:
     def run_completions(self) -> int:
         """Reap CQEs and finished jobs, run their completions here; how many ran."""
         drain_eventfd(self.completion_fd)
-        self._reaping = True
-        try:
+        with self._lock:
             ready = self._reap()
             if self._queue or self._unsubmitted:
-                self.commit()
-        finally:
-            self._reaping = False
+                self._submit()
         return self._jobs.run_completions() + self._complete(ready)
 
     @staticmethod
