@@ -134,7 +134,7 @@ def full_config(tmp_path: Path) -> VmConfig:
         boot=BootSource(tmp_path / "k", tmp_path / "i", "quiet"),
         console=CharConfig.parse("file:/tmp/c.log,append=on"),
         serial=(CharConfig.parse("pty"),),
-        drives=(DriveConfig.parse("/x.img,ro,format=qcow2", id="root"),),
+        drives=(DriveConfig.parse("/x.img,ro,format=qcow2,aio=native", id="root"),),
         nets=(NetConfig.parse("tap,ifname=t0,queues=2,mac=52:54:00:00:00:01"),),
         rng=RngConfig(1000),
         virtio_console=VirtioConsoleConfig(CharConfig.parse("null"), (("log", CharConfig()),)),
@@ -211,3 +211,12 @@ def test_from_json_refuses_unknown_fields() -> None:
     doc["machine"]["vcpus"] = 2
     with pytest.raises(ConfigError, match=r"unknown field MachineConfig\.vcpus"):
         VmConfig.from_json(json.dumps(doc))
+
+
+def test_drive_aio_survives_json():
+    from kvmlite.state import dumps, loads
+
+    d = DriveConfig.parse("/x.img,aio=io_uring,direct")
+    back = loads(DriveConfig, dumps(d))
+    assert back == d and back.aio is AioEngine.IO_URING
+    assert b"io_uring" in dumps(d)
