@@ -423,7 +423,11 @@ class VirtioBlock(VirtioDevice):
         with self.lock:
             if gen != self._generation or not self.activated:
                 return  # the device was reset while the request ran
-            self.inflight.pop((qi, head), None)
+            if self.inflight.pop((qi, head), None) is None:
+                # Completed already: a second used entry for this head would
+                # answer the driver's next request in that slot too early.
+                log.warning("%s: dropped a second completion of request %d", self.name, head)
+                return
             mem = self.memory
             assert mem is not None
             try:

@@ -306,3 +306,29 @@ def test_thread_pool_many_concurrent_requests(aio: str) -> None:
         assert irqs[0].count >= 1
     finally:
         ex.close()
+
+
+class _TwiceExecutor:
+    """An executor with a bug: it runs every completion twice."""
+
+    completion_fd = None
+
+    def submit(self, job, completion) -> None:  # noqa: ANN001
+        result = job()
+        completion(result)
+        completion(result)
+
+    def run_completions(self) -> int:
+        return 0
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def test_a_second_completion_of_a_request_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    dev, backend, drv, irq = make(executor=_TwiceExecutor())
+    backend.data[:512] = b"Q" * 512
+    [u] = submit(drv, [hdr(VIRTIO_BLK_T_IN, 0)], [512, 1])
+    assert u.written == b"Q" * 512 + b"\x00"
+    assert drv.used_idx == 1 and irq.count == 1
+    assert "second completion" in caplog.text
