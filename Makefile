@@ -33,6 +33,7 @@ bench: deps guest
 lint: venv
 	$(VENV)/bin/ruff check kvmlite tests benchmarks
 	$(VENV)/bin/ruff format --check kvmlite tests benchmarks
+	$(VENV)/bin/mypy
 
 deps: apt venv
 

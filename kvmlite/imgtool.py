@@ -36,7 +36,11 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], 
     from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
-        yield bar.update
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        yield advance
 
 
 def _size_of(path: str, fmt: str | None) -> int:

@@ -58,8 +58,7 @@ def register(sub: Any) -> None:
         default=[],
         metavar="PATH[,ro][,...]",
         help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2][,queues=N]"
-        "[,aio=threads|native|io_uring] (aio: the I/O engine; default io_uring where the "
-        "kernel allows it, else threads)",
+        "[,aio=threads|native|io_uring] (aio: the I/O engine; default threads)",
     )
     p.add_argument(
         "-n",

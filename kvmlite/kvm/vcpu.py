@@ -223,7 +223,7 @@ class Vcpu:
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE: a KVM_MP_STATE_* value."""
-        return self._get(nr.KVM_GET_MP_STATE, KvmMpState).mp_state  # type: ignore[attr-defined]
+        return self._get(nr.KVM_GET_MP_STATE, KvmMpState).mp_state
 
     def set_mp_state(self, mp_state: int) -> None:
         ioctl(self.fd, nr.KVM_SET_MP_STATE, KvmMpState(mp_state=mp_state))

@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction, queue_size: object) -> None:
     )
     p.add_argument(
         "--queue-size",
-        type=queue_size,  # type: ignore[arg-type]
+        type=queue_size,
         default=256,
         metavar="N",
         help="ring entries per queue (QEMU's virtio-net rx/tx_queue_size, default 256)",

@@ -310,11 +310,14 @@ class VirtioBlock(VirtioDevice):
             offset = self._check_range(sector, in_len)
             views = slice_views(mem, writable, 0, in_len)
 
-            def read_nowait() -> bool | None:
-                n = backend.readv_nowait(offset, views)
-                return None if n is None else n == in_len
+            readv_nowait = getattr(backend, "readv_nowait", None)  # page-cache hits inline
 
-            nowait = read_nowait if hasattr(backend, "readv_nowait") else None
+            def read_nowait() -> bool | None:
+                assert readv_nowait is not None
+                n = readv_nowait(offset, views)
+                return None if n is None else bool(n == in_len)
+
+            nowait = read_nowait if readv_nowait is not None else None
             op = self._engine_rw("readv", offset, views, in_len, False)
             return (lambda: backend.readv(offset, views) == in_len), in_len + 1, nowait, op
         if rtype == VIRTIO_BLK_T_OUT:
@@ -323,11 +326,14 @@ class VirtioBlock(VirtioDevice):
             offset = self._check_range(sector, out_len)
             views = slice_views(mem, readable, HEADER.size, out_len)
 
-            def write_nowait() -> bool | None:
-                n = backend.writev_nowait(offset, views)
-                return None if n is None else n == out_len
+            writev_nowait = getattr(backend, "writev_nowait", None)
 
-            nowait = write_nowait if hasattr(backend, "writev_nowait") else None
+            def write_nowait() -> bool | None:
+                assert writev_nowait is not None
+                n = writev_nowait(offset, views)
+                return None if n is None else bool(n == out_len)
+
+            nowait = write_nowait if writev_nowait is not None else None
             op = self._engine_rw("writev", offset, views, out_len, True)
             return (lambda: backend.writev(offset, views) == out_len), 1, nowait, op
         if rtype == VIRTIO_BLK_T_FLUSH:

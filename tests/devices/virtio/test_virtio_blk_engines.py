@@ -321,14 +321,21 @@ def test_refused_engine_falls_back_with_one_log_line(
         e.close()
 
 
-def test_default_engine_falls_back_when_io_uring_is_refused(
+def test_io_uring_falls_back_when_refused(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(abi, "syscall", _refusing(abi.syscall, abi.SYS_io_uring_setup, 38))
     with caplog.at_level(logging.WARNING, logger="kvmlite.backends.block.engines"):
-        e = open_engine(None)
+        e = open_engine("io_uring")
     e.close()
     assert e.name == "threads" and len(caplog.records) == 1
+
+
+def test_the_default_engine_is_threads(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="kvmlite.backends.block.engines"):
+        e = open_engine(None)
+    e.close()
+    assert e.name == "threads" and not caplog.records
 
 
 @pytest.mark.parametrize(
