@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmlite.devices.irq import IrqLine
+from kvmlite.devices.persist import Persist
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class AcpiPmState:
     tmr_epoch: int  # timer bit-23 period when TMR_STS was last cleared
 
 
-class AcpiPm:
+class AcpiPm(Persist[AcpiPmState]):
     """PM1a event/control blocks and the PM timer, at offsets 0, 4 and 8."""
 
     State = AcpiPmState
@@ -218,7 +219,7 @@ class AcpiPm:
             tmr_epoch=self._tmr_epoch,
         )
 
-    def restore(self, state: AcpiPmState) -> None:
+    def load_state(self, state: AcpiPmState) -> None:
         self._sts = state.pm1_sts & 0xFFFF
         self._en = state.pm1_en & PM1_EN_MASK
         self._cnt = state.pm1_cnt & _CNT_STORED

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmlite.devices.irq import IrqLine, NoInterrupt
+from kvmlite.devices.persist import Persist
 
 I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
@@ -126,7 +127,7 @@ class I8042State:
     kbd_enabled: bool
 
 
-class I8042:
+class I8042(Persist[I8042State]):
     """The PS/2 controller at 0x60/0x64 with a minimal keyboard and no mouse."""
 
     State = I8042State
@@ -372,7 +373,7 @@ class I8042:
             kbd_enabled=self._kbd_enabled,
         )
 
-    def restore(self, state: I8042State) -> None:
+    def load_state(self, state: I8042State) -> None:
         self._ctr = state.ctr & 0x7F
         self._status_flags = state.status_flags & (I8042_STR_CMDDAT | I8042_STR_SYSFLAG)
         self._out = None if state.out is None else state.out & 0xFF

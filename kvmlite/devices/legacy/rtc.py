@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmlite.devices.persist import Persist
+
 RTC_INDEX_PORT = 0x70
 RTC_DATA_PORT = 0x71
 RTC_PORT_RANGE = 2
@@ -168,7 +170,7 @@ class RtcState:
     held: tuple[int, ...] | None  # time fields while SET is 1
 
 
-class CmosRtc:
+class CmosRtc(Persist[RtcState]):
     """The CMOS RTC: offset 0 is the index port (0x70), offset 1 the data port (0x71)."""
 
     State = RtcState
@@ -337,7 +339,7 @@ class CmosRtc:
             held=None if self._held is None else tuple(self._held),
         )
 
-    def restore(self, state: RtcState) -> None:
+    def load_state(self, state: RtcState) -> None:
         self._index = state.index & RTC_INDEX_MASK
         self._nmi_disabled = state.nmi_disabled
         self._reg_a = state.reg_a & 0x7F

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmlite.devices.irq import IrqLine
+from kvmlite.devices.persist import Persist
 
 # Register offsets (PC16550D table II). Some share an offset: which one is
 # selected depends on read/write and LCR.DLAB.
@@ -143,7 +144,7 @@ class SerialState:
     thr_ipending: bool
 
 
-class Serial16550:
+class Serial16550(Persist[SerialState]):
     """A 16550A UART with 16-byte FIFOs; register offsets 0..7 from the port base."""
 
     State = SerialState
@@ -411,7 +412,7 @@ class Serial16550:
             thr_ipending=self._thr_ipending,
         )
 
-    def restore(self, state: SerialState) -> None:
+    def load_state(self, state: SerialState) -> None:
         self._ier = state.ier & UART_IER_MASK
         self._lcr = state.lcr & 0xFF
         self._mcr = state.mcr & UART_MCR_MASK

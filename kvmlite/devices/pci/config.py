@@ -274,7 +274,7 @@ class PciConfigSpace:
     def save(self) -> PciConfigState:
         return PciConfigState(bytes(self.data))
 
-    def restore(self, state: PciConfigState) -> None:
+    def load_state(self, state: PciConfigState) -> None:
         if len(state.data) != len(self.data):
             raise StateError(
                 f"PCI config space of {len(state.data)} bytes in the snapshot, expected"

@@ -188,9 +188,9 @@ class PciDevice:
         )
 
     def restore_pci(self, state: PciDeviceState) -> None:
-        self.config.restore(state.config)
+        self.config.load_state(state.config)
         if self.msix is not None and state.msix is not None:
-            self.msix.restore(state.msix)
+            self.msix.load_state(state.msix)
             self.msix.sync_to_config(self.config)
         self._check_bars()
         self.set_intx(state.intx_level)

@@ -215,7 +215,7 @@ class MsixTable:
             function_masked=self.function_masked,
         )
 
-    def restore(self, state: MsixState) -> None:
+    def load_state(self, state: MsixState) -> None:
         if len(state.entries) != self.num_vectors or len(state.pending) != self.num_vectors:
             raise StateError(
                 f"MSI-X table of {len(state.entries)} vectors in the snapshot, expected"

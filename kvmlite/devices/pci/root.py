@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from kvmlite.devices.irq import IrqLine
 from kvmlite.devices.pci.config import BarKind, PciConfigSpace
 from kvmlite.devices.pci.device import PciDevice, PciDeviceState
+from kvmlite.devices.persist import Persist
 from kvmlite.errors import ConfigError
 
 PCI_CONFIG_IO_BASE = 0xCF8
@@ -50,7 +51,7 @@ HOST_BRIDGE_DEVICE = 0x0D57
 PCI_CLASS_BRIDGE_HOST = 0x060000
 
 
-class PciHostBridge(PciDevice):
+class PciHostBridge(PciDevice, Persist[PciDeviceState]):
     """Slot 0: the host bridge, with nothing but an identity."""
 
     name = "pci-host-bridge"
@@ -67,7 +68,7 @@ class PciHostBridge(PciDevice):
     def save(self) -> PciDeviceState:
         return self.save_pci()
 
-    def restore(self, state: PciDeviceState) -> None:
+    def load_state(self, state: PciDeviceState) -> None:
         self.restore_pci(state)
 
 
@@ -166,8 +167,24 @@ class PciEcam:
         self.root.config_write(bus, dev, fn, reg, data)
 
 
-class PciRoot:
+@dataclass(frozen=True)
+class PciRootState:
+    """The host bridge and the CONFIG_ADDRESS latch (the devices on the bus
+    save themselves, with their transports)."""
+
+    host_bridge: PciDeviceState
+    config_address: int
+
+
+class PciRoot(Persist[PciRootState]):
     """Bus 0 with its host bridge and up to 31 more devices."""
+
+    def save(self) -> PciRootState:
+        return PciRootState(self.host_bridge.save(), self.config_io.address)
+
+    def load_state(self, state: PciRootState) -> None:
+        self.host_bridge.load_state(state.host_bridge)
+        self.config_io.address = state.config_address & 0x80FFFFFC
 
     def __init__(self, *, intx_base_gsi: int = DEFAULT_INTX_BASE_GSI) -> None:
         self.slots: list[PciDevice | None] = [None] * NUM_SLOTS

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice, VirtioDeviceState
 from kvmlite.devices.virtio.executor import IoExecutor, SyncExecutor
 from kvmlite.devices.virtio.queue import ChainError, Descriptor, DescriptorChain, QueueError
@@ -157,7 +158,7 @@ def slice_views(
     return out
 
 
-class VirtioBlock(VirtioDevice):
+class VirtioBlock(VirtioDevice, Persist[VirtioBlockState]):
     """A virtio-blk disk over a block backend."""
 
     device_type = VIRTIO_ID_BLOCK
@@ -469,7 +470,7 @@ class VirtioBlock(VirtioDevice):
         with self.lock:
             return VirtioBlockState(self.save_base(), tuple(sorted(self.inflight)))
 
-    def restore(self, state: VirtioBlockState) -> None:
+    def load_state(self, state: VirtioBlockState) -> None:
         with self.lock:
             for qi, _ in state.inflight:
                 if not 0 <= qi < self.num_queues:

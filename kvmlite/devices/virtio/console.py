@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice, VirtioDeviceState
 from kvmlite.devices.virtio.spec import VIRTIO_ID_CONSOLE, bit
 from kvmlite.errors import ConfigError, StateError
@@ -106,7 +107,7 @@ def tx_queue(port: int) -> int:
     return 1 if port == 0 else 3 + 2 * port
 
 
-class VirtioConsole(VirtioDevice):
+class VirtioConsole(VirtioDevice, Persist[VirtioConsoleState]):
     """A console port plus named ports, each over a char backend."""
 
     device_type = VIRTIO_ID_CONSOLE
@@ -309,7 +310,7 @@ class VirtioConsole(VirtioDevice):
                 tuple(self.ctrl_pending),
             )
 
-    def restore(self, state: VirtioConsoleState) -> None:
+    def load_state(self, state: VirtioConsoleState) -> None:
         with self.lock:
             if len(state.ports) != len(self.ports):
                 raise StateError(

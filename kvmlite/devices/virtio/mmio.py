@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 
 from kvmlite.devices.irq import IrqLine
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.spec import VIRTIO_ISR_CONFIG, VIRTIO_ISR_QUEUE
 from kvmlite.devices.virtio.transport import TransportCore, TransportState
@@ -84,7 +85,7 @@ class _Signal:
         self.owner._raise(self.bit)
 
 
-class VirtioMmioDevice:
+class VirtioMmioDevice(Persist[VirtioMmioState]):
     """A virtio device behind the MMIO register layout, version 2."""
 
     def __init__(self, device: VirtioDevice, memory: GuestMemory, irq: IrqLine) -> None:
@@ -214,9 +215,9 @@ class VirtioMmioDevice:
         """The transport's state; save ``self.device`` separately."""
         return VirtioMmioState(self.core.save(), self.interrupt_status)
 
-    def restore(self, state: VirtioMmioState) -> None:
-        """Restore after ``device.restore(...)``: re-activates the device when DRIVER_OK."""
+    def load_state(self, state: VirtioMmioState) -> None:
+        """Apply after the device's own state: re-activates the device when DRIVER_OK."""
         with self._lock:
             self.interrupt_status = state.interrupt_status
             self.irq.set_level(bool(self.interrupt_status))
-        self.core.restore(state.transport)
+        self.core.load_state(state.transport)

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice, VirtioDeviceState
 from kvmlite.devices.virtio.net_ctrl import NetControlQueue
 from kvmlite.devices.virtio.net_filter import (  # noqa: F401 - parse_mac/format_mac: API
@@ -118,7 +119,7 @@ class NetStats:
     rx_dropped_reset: int = 0
 
 
-class VirtioNet(VirtioDevice):
+class VirtioNet(VirtioDevice, Persist[VirtioNetState]):
     """A virtio-net NIC over one backend per queue pair."""
 
     device_type = VIRTIO_ID_NET
@@ -447,7 +448,7 @@ class VirtioNet(VirtioDevice):
                 pending=tuple(tuple(p) for p in self.pending),
             )
 
-    def restore(self, state: VirtioNetState) -> None:
+    def load_state(self, state: VirtioNetState) -> None:
         with self.lock:
             if len(state.pending) != self.pairs:
                 raise StateError(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from kvmlite.devices.pci.config import PCI_CAP_ID_VNDR, BarKind, PciConfigSpace
 from kvmlite.devices.pci.device import PciDevice, PciDeviceState
 from kvmlite.devices.pci.msix import MsixTable, VectorChange
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice
 from kvmlite.devices.virtio.spec import (
     VIRTIO_ID_BLOCK,
@@ -127,7 +128,7 @@ class _Signal:
         self.owner._signal(self.queue)
 
 
-class VirtioPciDevice(PciDevice):
+class VirtioPciDevice(PciDevice, Persist[VirtioPciState]):
     """A virtio device on the PCI bus (modern interface only)."""
 
     def __init__(
@@ -383,8 +384,8 @@ class VirtioPciDevice(PciDevice):
             isr=self.isr,
         )
 
-    def restore(self, state: VirtioPciState) -> None:
-        """Restore after ``device.restore(...)``: re-activates the device when DRIVER_OK."""
+    def load_state(self, state: VirtioPciState) -> None:
+        """Apply after the device's own state: re-activates the device when DRIVER_OK."""
         if len(state.queue_vectors) != self.device.num_queues:
             raise StateError(f"{self.name}: queue count differs in the snapshot")
         self.msix_config = state.msix_config
@@ -392,4 +393,4 @@ class VirtioPciDevice(PciDevice):
         self.restore_pci(state.pci)
         with self._isr_lock:
             self.isr = state.isr
-        self.core.restore(state.transport)
+        self.core.load_state(state.transport)

@@ -50,6 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.spec import (
     VIRTQ_AVAIL_F_NO_INTERRUPT,
     VIRTQ_DESC_F_INDIRECT,
@@ -198,7 +199,7 @@ class VirtQueueState:
     num_added: int
 
 
-class VirtQueue:
+class VirtQueue(Persist[VirtQueueState]):
     """The device side of one split virtqueue."""
 
     def __init__(self, max_size: int) -> None:
@@ -495,7 +496,7 @@ class VirtQueue:
             num_added=self.num_added,
         )
 
-    def restore(self, state: VirtQueueState) -> None:
+    def load_state(self, state: VirtQueueState) -> None:
         from kvmlite.errors import StateError
 
         if state.max_size != self.max_size:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.virtio.device import VirtioDevice, VirtioDeviceState
 from kvmlite.devices.virtio.spec import VIRTIO_ID_RNG
 from kvmlite.errors import ConfigError
@@ -57,7 +58,7 @@ class VirtioRngState:
     device: VirtioDeviceState
 
 
-class VirtioRng(VirtioDevice):
+class VirtioRng(VirtioDevice, Persist[VirtioRngState]):
     """Entropy source device."""
 
     device_type = VIRTIO_ID_RNG
@@ -118,6 +119,6 @@ class VirtioRng(VirtioDevice):
         with self.lock:
             return VirtioRngState(self.save_base())
 
-    def restore(self, state: VirtioRngState) -> None:
+    def load_state(self, state: VirtioRngState) -> None:
         with self.lock:
             self.restore_base(state.device)

@@ -163,7 +163,7 @@ class TransportCore:
             queues=tuple(q.save() for q in self.queues),
         )
 
-    def restore(self, state: TransportState) -> None:
+    def load_state(self, state: TransportState) -> None:
         """Restore registers and queues; re-activate the (already restored) device."""
         if len(state.queues) != len(self.queues):
             raise StateError(
@@ -171,7 +171,7 @@ class TransportCore:
                 f" {len(self.queues)}: restore with the same device options"
             )
         for q, qs in zip(self.queues, state.queues, strict=True):
-            q.restore(qs)
+            q.load_state(qs)
         self.status = state.status
         self.device_feature_select = state.device_feature_select
         self.driver_feature_select = state.driver_feature_select

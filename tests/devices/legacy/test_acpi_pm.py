@@ -133,7 +133,10 @@ def test_save_restore_round_trip(pm):
     saved = pm.dev.save()
     other = Pm()
     other.clock.t = 5000.0
-    other.dev.restore(state.loads(AcpiPmState, state.dumps(saved)))
+    args = {"sci": other.sci, "on_poweroff": other.poweroff, "clock": other.clock}
+    other.dev = AcpiPm.restore(args, state.loads(AcpiPmState, state.dumps(saved)))
+    other.bus = Bus("pio")
+    other.bus.insert(other.dev, ACPI_PM_BASE, ACPI_PM_SIZE)
     assert other.sci.level
     assert other.dev.save() == saved
     assert other.inl(PM_TMR_BLK) == saved.timer_ticks & 0xFFFFFF

@@ -38,9 +38,11 @@ class Clock:
 
 
 class Rtc:
-    def __init__(self, t: float = T0) -> None:
+    def __init__(self, t: float = T0, saved: RtcState | None = None) -> None:
         self.clock = Clock(t)
-        self.dev = CmosRtc(self.clock)
+        self.dev = (
+            CmosRtc(self.clock) if saved is None else CmosRtc.restore({"clock": self.clock}, saved)
+        )
 
     def get(self, index: int) -> int:
         self.dev.write(0, bytes([index]))
@@ -118,8 +120,7 @@ def test_linux_set_time_with_set_bit():
     r.clock.t += 90
     assert (r.get(RTC_MINUTES), r.get(RTC_SECONDS)) == (0x17, 0x00)
     # The offset persists through save/restore onto a device with another clock.
-    other = Rtc(r.clock.t)
-    other.dev.restore(state.loads(RtcState, state.dumps(r.dev.save())))
+    other = Rtc(r.clock.t, state.loads(RtcState, state.dumps(r.dev.save())))
     assert other.get(RTC_MINUTES) == 0x17 and other.get(RTC_YEAR) == 0x24
 
 
@@ -180,8 +181,7 @@ def test_save_restore_round_trip_while_set_held():
     r.put(RTC_REG_B, 0x82)
     r.put(RTC_MINUTES, 0x01)
     saved = r.dev.save()
-    other = Rtc(T0 + 1000)
-    other.dev.restore(state.loads(RtcState, state.dumps(saved)))
+    other = Rtc(T0 + 1000, state.loads(RtcState, state.dumps(saved)))
     assert other.dev.save() == saved
     other.put(RTC_REG_B, 0x02)
     assert other.get(RTC_MINUTES) == 0x01 and other.get(0x50) == 7
@@ -281,7 +281,7 @@ def test_restore_of_hostile_state_is_bounded():
         offset=float("inf"),
         held=(1000, -5, 99, 77, 13, 123456),
     )
-    r.dev.restore(bad)
+    r.dev.load_state(bad)
     assert all(0 <= r.get(i) <= 255 for i in range(0x80))
     r.put(RTC_REG_B, 0x02)
     assert r.get(RTC_MONTH) == 0x12

@@ -20,11 +20,12 @@ from kvmlite.testing.interrupts import RecordingInterrupt
 
 
 class Ctl:
-    def __init__(self) -> None:
+    def __init__(self, saved: I8042State | None = None) -> None:
         self.resets = 0
         self.kbd = RecordingInterrupt()
         self.aux = RecordingInterrupt()
-        self.dev = I8042(self.reset, self.kbd, self.aux)
+        args = {"reset": self.reset, "kbd_irq": self.kbd, "aux_irq": self.aux}
+        self.dev = I8042(**args) if saved is None else I8042.restore(args, saved)
         self.bus = Bus("pio")
         self.bus.insert(self.dev, I8042_DATA_PORT, I8042_PORT_RANGE)
 
@@ -184,8 +185,7 @@ def test_save_restore_round_trip(c):
     c.dev.push_keyboard(b"\x10\x90")
     c.bus.write(I8042_COMMAND_PORT, b"\xd1")  # pending controller command
     saved = c.dev.save()
-    other = Ctl()
-    other.dev.restore(state.loads(I8042State, state.dumps(saved)))
+    other = Ctl(state.loads(I8042State, state.dumps(saved)))
     assert other.dev.save() == saved
     assert other.kbd.level
     assert other.flush() == [0x10, 0x90]

@@ -276,7 +276,8 @@ def test_save_restore_round_trip(u):
     saved = u.dev.save()
     blob = state.dumps(saved)
     other = Uart()
-    other.dev.restore(state.loads(SerialState, blob))
+    args = {"irq": other.irq, "output": other.out.append}
+    other.dev = Serial16550.restore(args, state.loads(SerialState, blob))
     assert other.dev.save() == saved
     assert other.irq.level
     assert other.inb(UART_SCR) == 0x42

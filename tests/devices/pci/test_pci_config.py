@@ -205,7 +205,7 @@ def test_pci_state_round_trip() -> None:
     with pytest.raises(StateError):
         other.restore_pci(state)
     bridge_state = root.host_bridge.save()
-    root.host_bridge.restore(loads(PciDeviceState, dumps(bridge_state)))
+    root.host_bridge.load_state(loads(PciDeviceState, dumps(bridge_state)))
 
 
 def test_a_failing_bar_hook_does_not_raise_into_the_guest_access() -> None:

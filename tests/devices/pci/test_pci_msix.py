@@ -96,6 +96,6 @@ def test_state_round_trip() -> None:
     state = loads(MsixState, dumps(msix.save()))
     changes: list = []
     m2 = MsixTable(4, on_vector_change=lambda *c: changes.append(c))
-    m2.restore(state)
+    m2.load_state(state)
     assert m2.save() == msix.save()
     assert len(changes) == 4 and changes[0] == (0, 0xFEE0_0000, 0x30, True)

@@ -208,10 +208,8 @@ def test_thread_pool_executor_and_inflight_state_round_trip(aio: str) -> None:
     # Rebuild the device on the same memory with the driver rewound to the
     # snapshot point: the in-flight request is re-submitted on activation.
     backend.data[0:512] = b"B" * 512
-    dev2 = VirtioBlock(backend, queue_size=16)
-    dev2.restore(state)
-    q = VirtQueue(16)
-    q.restore(qstate)
+    dev2 = VirtioBlock.restore({"backend": backend, "queue_size": 16}, state)
+    q = VirtQueue.restore({"max_size": 16}, qstate)
     mem.write_int(drv.used_ring + 2, 2, 0)
     drv.set_used_event(0)
     irq = RecordingInterrupt()

@@ -173,12 +173,13 @@ def test_state_round_trip() -> None:
     dev.handle_input(0)
     state = loads(VirtioConsoleState, dumps(dev.save()))
     assert state.ports[0].pending_input == b"buffered" and len(state.ctrl_pending) == 2
-    dev2 = VirtioConsole(FakeChar(), [("org.test.0", FakeChar())])
-    dev2.restore(state)
+    dev2 = VirtioConsole.restore(
+        {"console": FakeChar(), "ports": [("org.test.0", FakeChar())]}, state
+    )
     # Activation comes back when the transport re-activates the device.
     expected = VirtioConsoleState(
         dataclasses.replace(state.device, activated=False), state.ports, state.ctrl_pending
     )
     assert dev2.save() == expected
     with pytest.raises(StateError, match="ports"):
-        VirtioConsole(FakeChar()).restore(state)
+        VirtioConsole.restore({"console": FakeChar()}, state)

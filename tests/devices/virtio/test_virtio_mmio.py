@@ -115,9 +115,8 @@ def test_state_round_trip() -> None:
     dstate = loads(VirtioRngState, dumps(dev.device.save()))
     tstate = loads(VirtioMmioState, dumps(dev.save()))
     irq2 = RecordingInterrupt()
-    dev2 = VirtioMmioDevice(VirtioRng(), mem, irq2)
-    dev2.device.restore(dstate)
-    dev2.restore(tstate)
+    rng2 = VirtioRng.restore({}, dstate)
+    dev2 = VirtioMmioDevice.restore({"device": rng2, "memory": mem, "irq": irq2}, tstate)
     assert irq2.level is True  # the unacknowledged interrupt is still pending
     assert dev2.save() == tstate
     q.add_chain([], [8])

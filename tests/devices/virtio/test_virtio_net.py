@@ -317,8 +317,7 @@ def test_state_round_trip() -> None:
     dev.mac = bytes.fromhex("525400aabbcc")
     dev.link_up = False
     state = loads(VirtioNetState, dumps(dev.save()))
-    dev2 = VirtioNet(FakeNetBackend(), mac=MAC, queue_size=64)
-    dev2.restore(state)
+    dev2 = VirtioNet.restore({"backend": FakeNetBackend(), "mac": MAC, "queue_size": 64}, state)
     assert dev2.save() == dataclasses.replace(
         state, device=dataclasses.replace(state.device, activated=False)
     )
@@ -326,4 +325,4 @@ def test_state_round_trip() -> None:
     assert dev2.throttled == [True]
     # Restored into a machine with another number of queue pairs: refused.
     with pytest.raises(StateError):
-        VirtioNet([FakeNetBackend(), FakeNetBackend()], mac=MAC).restore(state)
+        VirtioNet.restore({"backend": [FakeNetBackend(), FakeNetBackend()], "mac": MAC}, state)

@@ -108,12 +108,12 @@ def test_io_and_snapshot_restore_keep_pending_frames() -> None:
 
     # Restore into a fresh device and transport over the same guest memory.
     backend2 = FakeNetBackend()
-    net2 = VirtioNet(backend2, mac=MAC, queue_size=QUEUE)
+    net2 = VirtioNet.restore({"backend": backend2, "mac": MAC, "queue_size": QUEUE}, net_state)
     ready: list[int] = []
     net2.rx_ready_handler = ready.append
-    dev2 = VirtioMmioDevice(net2, mem, RecordingInterrupt())
-    net2.restore(net_state)
-    dev2.restore(mmio_state)
+    dev2 = VirtioMmioDevice.restore(
+        {"device": net2, "memory": mem, "irq": RecordingInterrupt()}, mmio_state
+    )
     assert net2.activated and list(net2.pending[0]) == frames
     rx.notify = lambda: wr(dev2, 0x050, 0)
     for _ in range(3):

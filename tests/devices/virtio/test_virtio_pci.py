@@ -238,10 +238,10 @@ def test_state_round_trip_reactivates_device() -> None:
     dstate = loads(VirtioRngState, dumps(dev.device.save()))
     tstate = loads(VirtioPciState, dumps(dev.save()))
     sent2: list = []
-    dev2 = VirtioPciDevice(VirtioRng(), mem, signal_msi=lambda a, d: sent2.append((a, d)))
-    PciRoot().add_device(dev2)
-    dev2.device.restore(dstate)
-    dev2.restore(tstate)
+    rng2 = VirtioRng.restore({}, dstate)
+    dev2 = VirtioPciDevice(rng2, mem, signal_msi=lambda a, d: sent2.append((a, d)))
+    PciRoot().add_device(dev2)  # BARs are placed by the bus, then the state applies
+    dev2.load_state(tstate)
     assert dev2.device.activated and dev2.config.data == dev.config.data
     q.add_chain([], [4])
     dev2.notify(0)

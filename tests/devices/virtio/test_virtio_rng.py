@@ -81,8 +81,7 @@ def test_state_round_trip() -> None:
     dev = VirtioRng()
     attach_drivers(dev, bytearray_memory(1 << 20))
     state = loads(VirtioRngState, dumps(dev.save()))
-    dev2 = VirtioRng()
-    dev2.restore(state)
+    dev2 = VirtioRng.restore({}, state)
     assert dev2.save().device.acked_features == dev.acked_features
     # Activation itself comes back when the transport re-activates the device.
     assert dev2.save() == VirtioRngState(dataclasses.replace(state.device, activated=False))

@@ -229,8 +229,7 @@ def test_state_round_trip() -> None:
     first = q.pop(mem)
     assert first is not None
     state = q.save()
-    q2 = VirtQueue(16)
-    q2.restore(loads(VirtQueueState, dumps(state)))
+    q2 = VirtQueue.restore({"max_size": 16}, loads(VirtQueueState, dumps(state)))
     assert q2.save() == state
     second = q2.pop(mem)
     assert second is not None and second.read_all(mem) == b"b"
