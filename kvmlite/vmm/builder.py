@@ -9,7 +9,8 @@ Three entry points:
 * ``boot(machine, images)`` writes the firmware tables, the kernel, the
   initrd and the command line into guest memory and sets the boot vCPU's
   registers.
-* restore (kvmlite/vmm/persist.py) applies a saved state instead of booting.
+* ``restore(machine, state)`` applies a saved ``MachineState`` instead of
+  booting, in the order kvmlite/vmm/persist.py writes down.
 
 ``build_vm(config)`` is assemble + boot. Host input is checked before
 anything is opened (the config's ``check_host``, the kernel's format), and
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from kvmlite.backends.char.base import CharBackend
     from kvmlite.devices.pci.root import PciRoot
     from kvmlite.kvm.vcpu import Vcpu
+    from kvmlite.vmm.persist import MachineState
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,13 @@ def boot(machine: Machine, images: BootImages) -> None:
     )
     machine.cmdline = cmdline
     apply_boot_state(machine.vcpus[0], machine.boot_plan.cpu_state())
+
+
+def restore(machine: Machine, state: MachineState) -> None:
+    """vCPUs, irqchip/PIT/clock, devices and transports from ``state`` (instead of ``boot``)."""
+    from kvmlite.vmm.persist import restore_machine  # noqa: PLC0415
+
+    restore_machine(machine, state)
 
 
 def _create_vcpus(machine: Machine, features: FeatureOverrides, undo: contextlib.ExitStack) -> None:
