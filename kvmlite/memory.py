@@ -108,6 +108,43 @@ class GuestMemory:
         return mem
 
     @classmethod
+    def from_file(cls, path: str | os.PathLike[str], size: int) -> GuestMemory:
+        """RAM mapped privately from a file of exactly ``size`` bytes (a snapshot's
+        memory file), laid out for x86 as ``create`` does.
+
+        MAP_PRIVATE: a page is read from the file the first time the guest (or
+        KVM, or a device) touches it, and a write makes a private copy, so the
+        file never changes and the cost of the mapping does not grow with RAM.
+        Such memory has no fd to share (no vhost-user back-ends).
+        """
+        if size <= 0 or size % PAGE_SIZE:
+            raise ConfigError(f"memory size {size} must be a positive multiple of 4 KiB")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ConfigError(f"cannot map memory file {os.fspath(path)}: {e.strerror}") from e
+        try:
+            actual = os.fstat(fd).st_size
+            if actual != size:
+                raise ConfigError(
+                    f"memory file {os.fspath(path)} has {actual} bytes, the snapshot says {size}:"
+                    " it is not this snapshot's memory file"
+                )
+            regions = []
+            offset = 0
+            for gpa, rsize in layout_x86(size):
+                m = mmap.mmap(
+                    fd, rsize, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+                )
+                regions.append(Region(gpa, rsize, memoryview(m), None, offset, m))
+                offset += rsize
+        except OSError as e:
+            raise ConfigError(f"cannot map memory file {os.fspath(path)}: {e}") from e
+        finally:
+            os.close(fd)  # the mappings keep the file
+        return cls(regions)
+
+    @classmethod
     def from_buffer(cls, buf: bytearray | memoryview, gpa: int = 0) -> GuestMemory:
         """Wrap a writable buffer as guest RAM at ``gpa`` (tests, tools)."""
         view = memoryview(buf).cast("B")

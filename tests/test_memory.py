@@ -1,6 +1,6 @@
 import pytest
 
-from kvmlite.errors import GuestMemoryError
+from kvmlite.errors import ConfigError, GuestMemoryError
 from kvmlite.memory import FOUR_GIB, GIB, PCI_HOLE_START, GuestMemory, layout_x86
 
 
@@ -91,3 +91,29 @@ def test_contains_and_region_of_agree_at_every_edge():
         else:
             with pytest.raises(GuestMemoryError):
                 mem.region_of(gpa, n)
+
+
+def test_from_file_maps_privately(tmp_path) -> None:
+    path = tmp_path / "memory"
+    data = bytes(range(256)) * 64  # 16 KiB
+    path.write_bytes(data)
+    mem = GuestMemory.from_file(path, len(data))
+    try:
+        assert mem.read(0x100, 4) == data[0x100:0x104] and mem.size == len(data)
+        mem.write(0, b"guest wrote this")
+        assert mem.read(0, 16) == b"guest wrote this"
+        assert mem.regions[0].fd is None  # nothing to share
+    finally:
+        mem.close()
+    assert path.read_bytes() == data  # MAP_PRIVATE: the file is unchanged
+
+
+def test_from_file_refuses_another_size(tmp_path) -> None:
+    path = tmp_path / "memory"
+    path.write_bytes(bytes(8192))
+    with pytest.raises(ConfigError, match="8192 bytes, the snapshot says 12288"):
+        GuestMemory.from_file(path, 12288)
+    with pytest.raises(ConfigError, match="multiple of 4 KiB"):
+        GuestMemory.from_file(path, 100)
+    with pytest.raises(ConfigError, match="cannot map"):
+        GuestMemory.from_file(tmp_path / "missing", 8192)

@@ -82,9 +82,11 @@ class VmConfig:
     def active_nets(self) -> tuple[NetConfig, ...]:
         return tuple(n for n in self.nets if n.kind is not NetKind.NONE)
 
-    def check_host(self) -> None:
-        """The checks that look at the host's files; run before anything is opened."""
-        self.boot.check_host(self.machine.memory)
+    def check_host(self, *, boot: bool = True) -> None:
+        """The checks that look at the host's files; run before anything is opened.
+        ``boot=False`` (a restore) does not need the kernel and initrd."""
+        if boot:
+            self.boot.check_host(self.machine.memory)
         for drive in self.drives:
             drive.check_host()
 

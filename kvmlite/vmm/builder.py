@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from kvmlite.bus import Bus
 from kvmlite.config import VmConfig
+from kvmlite.errors import ConfigError
 from kvmlite.eventloop import EventLoop
 from kvmlite.memory import PCI_HOLE_START, GuestMemory
 from kvmlite.vmm import hostquirks
@@ -108,25 +109,36 @@ def assemble(
     console: CharBackend | None = None,
     loop: EventLoop | None = None,
     on_quit: Callable[[], None] | None = None,
+    memory: GuestMemory | None = None,
 ) -> Machine:
     """Memory, VM, irqchip/PIT, buses, devices and vCPUs: everything but the boot.
 
     ``loop``: the event loop to serve the devices on (a ``Vmm``'s; the machine
     then does not close it); ``on_quit``: what the console's quit key does
-    (default: end the machine).
+    (default: end the machine); ``memory``: guest RAM to use instead of new
+    RAM (a snapshot's, kvmlite/snapshot/), which the machine then owns and which
+    must have the config's size. With ``memory`` the kernel is not needed.
     """
     from kvmlite.arch.x86.cpufeatures import parse_cpu_features  # noqa: PLC0415
     from kvmlite.backends.char import open_char  # noqa: PLC0415
     from kvmlite.kvm import Kvm  # noqa: PLC0415
 
-    config.check_host()
     mc = config.machine
-    features = parse_cpu_features(mc.cpu_features)  # bad names fail before KVM opens
+    try:
+        config.check_host(boot=memory is None)
+        if memory is not None and memory.size != mc.memory:
+            raise ConfigError(f"guest memory of {memory.size} bytes, the config says {mc.memory}")
+        features = parse_cpu_features(mc.cpu_features)  # bad names fail before KVM opens
+    except BaseException:
+        if memory is not None:
+            memory.close()
+        raise
 
     with contextlib.ExitStack() as undo:
         kvm = Kvm(mc.kvm_path)
         undo.callback(kvm.close)
-        memory = GuestMemory.create(mc.memory)
+        if memory is None:
+            memory = GuestMemory.create(mc.memory)
         undo.callback(memory.close)
         vm = kvm.create_vm()
         undo.callback(vm.close)

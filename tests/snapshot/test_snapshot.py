@@ -1,0 +1,128 @@
+"""Snapshot directories on /dev/kvm (kvmlite/snapshot/snapshot.py), in one process:
+write, restore, and every way a snapshot or a restore is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from vmm.counting import assert_one_count, counter_config, counts, wait_for_lines
+
+from kvmlite.config import CharConfig, DriveConfig
+from kvmlite.snapshot import (
+    MEMORY_FILE,
+    STATE_FILE,
+    restore_snapshot,
+    write_snapshot,
+)
+from kvmlite.snapshot.format import SnapshotError
+from kvmlite.vmm.builder import build_vm
+from kvmlite.vmm.machine import ExitReason, Machine
+
+pytestmark = pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
+)
+
+MEMORY = 32 << 20
+
+
+def stop(machine: Machine) -> None:
+    machine.request_exit(ExitReason.QUIT, message="test done")
+    machine.wait(10)
+    machine.close()
+
+
+@pytest.fixture
+def snapped(tmp_path: Path):
+    """A counting guest paused after 3 lines and snapshotted to tmp_path/snap."""
+    con = tmp_path / "a.txt"
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    config = counter_config(tmp_path, con, memory=MEMORY)
+    config = dataclasses.replace(config, drives=(DriveConfig(disk),))
+    machine = build_vm(config)
+    machine.start()
+    wait_for_lines(con, 3)
+    machine.pause()
+    reported: list[int] = []
+    write_snapshot(machine, tmp_path / "snap", progress=reported.append)
+    assert sum(reported) == MEMORY
+    yield machine, tmp_path
+    stop(machine)
+
+
+def test_restore_continues_the_count(snapped) -> None:
+    a, tmp = snapped
+    memory = tmp / "snap" / MEMORY_FILE
+    assert memory.stat().st_size == MEMORY
+    assert memory.stat().st_blocks * 512 < MEMORY // 2  # untouched RAM stays a hole
+    digest = hashlib.sha256(memory.read_bytes()).digest()
+    con_b = tmp / "b.txt"
+    b = restore_snapshot(tmp / "snap", console_spec=CharConfig.parse(f"file:{con_b}"))
+    try:
+        b.start()
+        wait_for_lines(con_b, 3)
+        b.pause()
+        assert_one_count((tmp / "a.txt").read_text(), con_b.read_text())
+        # The memory file was mapped privately: the guest's writes did not reach it.
+        assert hashlib.sha256(memory.read_bytes()).digest() == digest
+    finally:
+        stop(b)
+
+
+def _refused(directory: Path, match: str) -> None:
+    with pytest.raises(SnapshotError, match=match):
+        restore_snapshot(directory, console_spec=CharConfig.parse("null"))
+
+
+def test_truncated_or_corrupted_state_is_refused(snapped) -> None:
+    _, tmp = snapped
+    state = tmp / "snap" / STATE_FILE
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])
+    _refused(tmp / "snap", "truncated")
+    corrupted = bytearray(good)
+    corrupted[-10] ^= 0x20
+    state.write_bytes(bytes(corrupted))
+    _refused(tmp / "snap", "checksum")
+    state.unlink()
+    _refused(tmp / "snap", "cannot read")
+
+
+def test_memory_file_of_the_wrong_size_is_refused(snapped) -> None:
+    _, tmp = snapped
+    memory = tmp / "snap" / MEMORY_FILE
+    os.truncate(memory, MEMORY - 4096)
+    _refused(tmp / "snap", "memory file .* has")
+    os.truncate(memory, MEMORY * 2)
+    _refused(tmp / "snap", "memory file .* has")
+
+
+def test_changed_raw_disk_is_refused(snapped) -> None:
+    _, tmp = snapped
+    os.truncate(tmp / "disk.img", 2 << 20)
+    _refused(tmp / "snap", "disk .* has 2097152 bytes, 1048576 when")
+
+
+def test_running_vm_is_not_snapshotted_and_keeps_running(snapped) -> None:
+    a, tmp = snapped
+    before = {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()}
+    a.resume()
+    n = len(counts((tmp / "a.txt").read_text()))
+    with pytest.raises(SnapshotError, match="running"):
+        write_snapshot(a, tmp / "snap")
+    assert {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()} == before
+    assert len(wait_for_lines(tmp / "a.txt", n + 2)) >= n + 2  # still counting
+
+
+def test_failed_write_leaves_the_older_snapshot(snapped) -> None:
+    a, tmp = snapped
+    before = {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()}
+    (tmp / "snap" / f".{MEMORY_FILE}.tmp").mkdir()  # the temporary file cannot be made
+    with pytest.raises(SnapshotError, match="cannot write"):
+        write_snapshot(a, tmp / "snap")
+    (tmp / "snap" / f".{MEMORY_FILE}.tmp").rmdir()
+    assert {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()} == before
