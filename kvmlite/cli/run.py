@@ -110,6 +110,14 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="the KVM device to open (default /dev/kvm)",
     )
+    p.add_argument(
+        "--restore",
+        type=Path,
+        metavar="DIR",
+        help="bring back the snapshot in DIR (kvmlite snapshot) instead of booting; the "
+        "machine is the snapshot's, only --console may be given (docs/snapshot.md)",
+    )
+    p.add_argument("--paused", action="store_true", help="with --restore: do not resume the vCPUs")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -141,6 +149,21 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
     )
 
 
+#: Options that describe the machine, which --restore takes from the snapshot.
+_MACHINE_OPTIONS = ("kernel", "initrd", "append", "cpu_features", "virtio_console", "rng")
+_MACHINE_LISTS = ("serial", "disk", "net", "virtio_port")
+
+
+def _check_restore_args(args: argparse.Namespace) -> None:
+    given = [o for o in _MACHINE_OPTIONS if getattr(args, o) not in (None, "")]
+    given += [o for o in _MACHINE_LISTS if getattr(args, o)]
+    if args.memory != "256M" or args.cpus != 1:
+        given.append("memory/cpus")
+    if given:
+        names = ", ".join("--" + o.replace("_", "-") for o in given)
+        raise ConfigError(f"--restore takes the machine from the snapshot: drop {names}")
+
+
 def _port(spec: str) -> tuple[str, str]:
     name, sep, backend = spec.partition("=")
     if not sep or not name or not backend:
@@ -149,13 +172,20 @@ def _port(spec: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kvmlite.vmm.actions import Quit, Start  # noqa: PLC0415
+    from kvmlite.vmm.actions import Action, Quit, SnapshotLoad, Start  # noqa: PLC0415
     from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
-    config = config_from_args(args)
-    vmm = Vmm(config)
+    if args.restore is not None:
+        _check_restore_args(args)
+        vmm = Vmm()
+        start: Action = SnapshotLoad(
+            args.restore, resume=not args.paused, console=CharConfig.parse(args.console)
+        )
+    else:
+        vmm = Vmm(config_from_args(args))
+        start = Start()
     try:
-        vmm.submit(Start(), timeout=None)
+        vmm.submit(start, timeout=None)
         result = None
         while result is None:
             try:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kvmlite.config import VmConfig
+from kvmlite.config import CharConfig, VmConfig
 from kvmlite.errors import KvmliteError
 from kvmlite.vmm.machine import RunState
 from kvmlite.vmm.outcome import ExitReason
@@ -191,6 +192,51 @@ class Quit(Action):
 
     def run(self, vmm: Vmm) -> None:
         vmm.quit(self.message)
+
+
+# -- snapshots (kvmlite/snapshot/) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotCreate(Action):
+    """Save the paused VM to ``directory`` (Firecracker's ``PUT /snapshot/create``);
+    ``progress(n)`` after every n bytes of guest RAM written. The VM stays paused."""
+
+    directory: Path
+    progress: Callable[[int], None] | None = None
+    allowed: ClassVar[frozenset[RunState]] = PAUSED
+    verb: ClassVar[str] = "snapshot the VM (pause it first)"
+
+    def run(self, vmm: Vmm) -> SnapshotInfo:
+        from kvmlite.snapshot import write_snapshot  # noqa: PLC0415
+
+        snap = write_snapshot(_machine(vmm), Path(self.directory), progress=self.progress)
+        return SnapshotInfo(snap.directory, snap.file.memory_size)
+
+
+@dataclass(frozen=True)
+class SnapshotLoad(Action):
+    """Build the VM from the snapshot in ``directory`` instead of booting
+    (Firecracker's ``PUT /snapshot/load``), paused unless ``resume``.
+    ``console`` replaces the saved console's host side. Allowed only before
+    boot, on a Vmm whose pending configuration is then the snapshot's."""
+
+    directory: Path
+    resume: bool = True
+    console: CharConfig | None = None
+    allowed: ClassVar[frozenset[RunState]] = BEFORE_BOOT
+    verb: ClassVar[str] = "load a snapshot"
+
+    def run(self, vmm: Vmm) -> SnapshotInfo:
+        vmm.restore_machine(Path(self.directory), resume=self.resume, console=self.console)
+        assert vmm.machine is not None
+        return SnapshotInfo(Path(self.directory), vmm.machine.memory.size)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    directory: Path
+    memory_size: int
 
 
 # -- questions ---------------------------------------------------------------------

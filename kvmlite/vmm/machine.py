@@ -147,8 +147,10 @@ class Machine:
 
     # -- running ----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the I/O loop (if not running yet) and one thread per vCPU."""
+    def start(self, *, paused: bool = False) -> None:
+        """Start the I/O loop (if not running yet) and one thread per vCPU;
+        ``paused``: the vCPU threads park before their first KVM_RUN (a
+        restored snapshot that is not resumed yet)."""
         from kvmlite.vmm.vcpu_loop import run_vcpu  # noqa: PLC0415
 
         if self._started:
@@ -157,6 +159,10 @@ class Machine:
         if self.loop.thread is None:
             self.loop.start()
         self._started = True
+        if paused:
+            self._paused = True
+            for vcpu in self.vcpus:
+                vcpu.immediate_exit = True  # the first KVM_RUN returns EINTR: park
         for vcpu in self.vcpus:
             t = threading.Thread(
                 target=run_vcpu, args=(self, vcpu), name=f"vcpu{vcpu.index}", daemon=True

@@ -30,11 +30,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvmlite.config import VmConfig
+from kvmlite.config import CharConfig, VmConfig
 from kvmlite.eventloop import EventLoop
-from kvmlite.vmm.actions import Action, ActionRefused, Quit
+from kvmlite.vmm.actions import (
+    Action,
+    ActionRefused,
+    Quit,
+    SnapshotCreate,
+    SnapshotInfo,
+    SnapshotLoad,
+)
 from kvmlite.vmm.machine import Machine, RunState, install_kick_handler
 from kvmlite.vmm.outcome import ExitReason, MachineExit
 
@@ -138,6 +146,40 @@ class Vmm:
         self.machine = machine
         machine.start()
         self.started_at = time.monotonic()
+
+    def restore_machine(
+        self, directory: Path, *, resume: bool, console: CharConfig | None = None
+    ) -> None:
+        """Build the machine from a snapshot (kvmlite/snapshot/) and start its
+        vCPUs, parked unless ``resume``. Nothing is left behind if it fails."""
+        from kvmlite.snapshot import read_snapshot, restore_snapshot  # noqa: PLC0415
+
+        def on_quit() -> None:
+            self.submit(Quit("quit from console"))
+
+        snap = read_snapshot(directory)
+        machine = restore_snapshot(
+            snap, console=self._console, console_spec=console, loop=self.loop, on_quit=on_quit
+        )
+        machine.exit_listeners.append(self._machine_ended)
+        self.config = machine.config
+        self.machine = machine
+        machine.start(paused=not resume)
+        self.started_at = time.monotonic()
+
+    # -- the Python API -----------------------------------------------------------
+
+    def snapshot(
+        self, directory: str | Path, *, progress: Callable[[int], None] | None = None
+    ) -> SnapshotInfo:
+        """Save the paused VM to ``directory`` (the SnapshotCreate action)."""
+        return self.submit(SnapshotCreate(Path(directory), progress), timeout=None)
+
+    def restore(
+        self, directory: str | Path, *, resume: bool = True, console: CharConfig | None = None
+    ) -> SnapshotInfo:
+        """Bring a snapshot back in this (not started) Vmm (the SnapshotLoad action)."""
+        return self.submit(SnapshotLoad(Path(directory), resume, console), timeout=None)
 
     def quit(self, message: str) -> None:
         if self.machine is not None:
