@@ -31,6 +31,7 @@ its device's ``save`` declares, so a snapshot never contains code.
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -68,9 +69,14 @@ class MachineState:
 
 def state_type(part: Any) -> type:
     """The State dataclass ``part.save()`` returns (from its type hints)."""
-    hint = typing.get_type_hints(type(part).save).get("return")
+    return _state_type(type(part))
+
+
+@functools.cache
+def _state_type(cls: type) -> type:
+    hint = typing.get_type_hints(cls.save).get("return")
     if not isinstance(hint, type):
-        raise StateError(f"{type(part).__name__}.save() declares no State type")
+        raise StateError(f"{cls.__name__}.save() declares no State type")
     return hint
 
 
