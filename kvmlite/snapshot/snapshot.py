@@ -1,6 +1,7 @@
 """Write a paused machine to a snapshot directory; build a machine from one.
 
-A snapshot directory holds two files: ``state`` (kvmlite/snapshot/format.py:
+A snapshot is two files, by default ``state`` and ``memory`` in one
+directory (``SnapshotPaths``): ``state`` (kvmlite/snapshot/format.py:
 the config, the machine state, the disks' sizes) and ``memory`` (guest RAM,
 kvmlite/snapshot/memory.py). Both are written under temporary names and
 renamed into place at the end, so a failed snapshot leaves an older one in
@@ -47,16 +48,28 @@ MEMORY_FILE = "memory"
 
 
 @dataclass(frozen=True)
+class SnapshotPaths:
+    """Where a snapshot's two files are: a directory's ``state`` and ``memory``
+    (``in_dir``), or any two paths (Firecracker's ``snapshot_path`` and
+    ``mem_file_path``)."""
+
+    state: Path
+    memory: Path
+
+    @classmethod
+    def of(cls, where: Path | str | SnapshotPaths) -> SnapshotPaths:
+        if isinstance(where, SnapshotPaths):
+            return where
+        return cls(Path(where) / STATE_FILE, Path(where) / MEMORY_FILE)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A snapshot read and checked (``read_snapshot``), not restored yet."""
 
-    directory: Path
+    paths: SnapshotPaths
     file: SnapshotFile
     config: VmConfig
-
-    @property
-    def memory_path(self) -> Path:
-        return self.directory / MEMORY_FILE
 
 
 def _is_qcow2(path: Path, format: ImageFormat | None) -> bool:
@@ -83,28 +96,36 @@ def _flush_disks(machine: Machine) -> None:
             entry.model.backend.flush()
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_snapshot(
-    machine: Machine, directory: Path, *, progress: Callable[[int], None] | None = None
+    machine: Machine,
+    where: Path | str | SnapshotPaths,
+    *,
+    progress: Callable[[int], None] | None = None,
 ) -> Snapshot:
-    """Save a paused (or not started) machine to ``directory``; ``progress(n)``
-    as the memory file is written (n bytes of guest RAM at a time)."""
+    """Save a paused (or not started) machine to ``where`` (a directory, or
+    SnapshotPaths); ``progress(n)`` as the memory file is written (n bytes of
+    guest RAM at a time)."""
     if machine.state is RunState.RUNNING:
         raise SnapshotError("cannot snapshot a running VM: pause it first")
-    directory = Path(directory)
+    paths = SnapshotPaths.of(where)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        for parent in {paths.state.parent, paths.memory.parent}:
+            parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SnapshotError(f"cannot make snapshot directory {directory}: {e}") from e
+        raise SnapshotError(f"cannot make the snapshot's directory: {e}") from e
     _flush_disks(machine)
     try:
         state = save_machine(machine)
     except StateError as e:
         raise SnapshotError(str(e)) from None
-    file = SnapshotFile(
-        machine.config.to_json(), state, _disks(machine.config), machine.memory.size
-    )
+    config = machine.config
+    file = SnapshotFile(config.to_json(), state, _disks(config), machine.memory.size)
     blob = encode(file)
-    tmp_state, tmp_memory = directory / f".{STATE_FILE}.tmp", directory / f".{MEMORY_FILE}.tmp"
+    tmp_state, tmp_memory = _tmp(paths.state), _tmp(paths.memory)
     try:
         fd = os.open(tmp_memory, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -116,21 +137,22 @@ def write_snapshot(
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_memory, directory / MEMORY_FILE)
-        os.replace(tmp_state, directory / STATE_FILE)
+        os.replace(tmp_memory, paths.memory)
+        os.replace(tmp_state, paths.state)
     except OSError as e:
         for tmp in (tmp_state, tmp_memory):
             with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise SnapshotError(f"cannot write the snapshot to {directory}: {e}") from e
-    return Snapshot(directory, file, machine.config)
+                if not tmp.is_dir():
+                    tmp.unlink()
+        raise SnapshotError(f"cannot write the snapshot to {paths.state.parent}: {e}") from e
+    return Snapshot(paths, file, config)
 
 
-def read_snapshot(directory: Path) -> Snapshot:
+def read_snapshot(where: Path | str | SnapshotPaths) -> Snapshot:
     """Read and check a snapshot (header, checksum, config, memory file and disk
     sizes) without building anything; ``SnapshotError`` says what is wrong."""
-    directory = Path(directory)
-    path = directory / STATE_FILE
+    paths = SnapshotPaths.of(where)
+    path = paths.state
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_PAYLOAD + 4096)
@@ -143,7 +165,7 @@ def read_snapshot(directory: Path) -> Snapshot:
         raise SnapshotError(f"{path}: the saved configuration is bad: {e}") from None
     if config.machine.memory != file.memory_size or file.machine.memory_size != file.memory_size:
         raise SnapshotError(f"{path}: memory sizes in the snapshot disagree")
-    memory = directory / MEMORY_FILE
+    memory = paths.memory
     try:
         size = memory.stat().st_size
     except OSError as e:
@@ -155,7 +177,7 @@ def read_snapshot(directory: Path) -> Snapshot:
         )
     for disk in file.disks:
         _check_disk(disk)
-    return Snapshot(directory, file, config)
+    return Snapshot(paths, file, config)
 
 
 def _check_disk(disk: DiskInfo) -> None:
@@ -172,7 +194,7 @@ def _check_disk(disk: DiskInfo) -> None:
 
 
 def restore_snapshot(
-    directory: Path | Snapshot,
+    where: Path | str | SnapshotPaths | Snapshot,
     *,
     console: CharBackend | None = None,
     console_spec: CharConfig | None = None,
@@ -184,17 +206,17 @@ def restore_snapshot(
     guest sees the same UART either way)."""
     from kvmlite.vmm.builder import assemble, restore  # noqa: PLC0415
 
-    snap = directory if isinstance(directory, Snapshot) else read_snapshot(directory)
+    snap = where if isinstance(where, Snapshot) else read_snapshot(where)
     config = snap.config
     if console_spec is not None:
         config = dataclasses.replace(config, console=console_spec)
-    memory = GuestMemory.from_file(snap.memory_path, snap.file.memory_size)
+    memory = GuestMemory.from_file(snap.paths.memory, snap.file.memory_size)
     machine = assemble(config, console=console, loop=loop, on_quit=on_quit, memory=memory)
     try:
         restore(machine, snap.file.machine)
     except StateError as e:
         machine.close()
-        raise SnapshotError(f"{snap.directory}: {e}") from None
+        raise SnapshotError(f"{snap.paths.state}: {e}") from None
     except BaseException:
         machine.close()
         raise

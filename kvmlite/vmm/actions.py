@@ -28,6 +28,7 @@ from kvmlite.vmm.machine import RunState
 from kvmlite.vmm.outcome import ExitReason
 
 if TYPE_CHECKING:
+    from kvmlite.snapshot import SnapshotPaths
     from kvmlite.vmm.machine import Machine
     from kvmlite.vmm.vmm import Vmm
 
@@ -199,10 +200,11 @@ class Quit(Action):
 
 @dataclass(frozen=True)
 class SnapshotCreate(Action):
-    """Save the paused VM to ``directory`` (Firecracker's ``PUT /snapshot/create``);
-    ``progress(n)`` after every n bytes of guest RAM written. The VM stays paused."""
+    """Save the paused VM to ``where``, a directory or a ``SnapshotPaths``
+    (Firecracker's ``PUT /snapshot/create``: docs/snapshot.md has the JSON);
+    ``progress(n)`` after every n bytes of guest RAM written. It stays paused."""
 
-    directory: Path
+    where: Path | SnapshotPaths
     progress: Callable[[int], None] | None = None
     allowed: ClassVar[frozenset[RunState]] = PAUSED
     verb: ClassVar[str] = "snapshot the VM (pause it first)"
@@ -210,32 +212,35 @@ class SnapshotCreate(Action):
     def run(self, vmm: Vmm) -> SnapshotInfo:
         from kvmlite.snapshot import write_snapshot  # noqa: PLC0415
 
-        snap = write_snapshot(_machine(vmm), Path(self.directory), progress=self.progress)
-        return SnapshotInfo(snap.directory, snap.file.memory_size)
+        snap = write_snapshot(_machine(vmm), self.where, progress=self.progress)
+        return SnapshotInfo(snap.paths, snap.file.memory_size)
 
 
 @dataclass(frozen=True)
 class SnapshotLoad(Action):
-    """Build the VM from the snapshot in ``directory`` instead of booting
-    (Firecracker's ``PUT /snapshot/load``), paused unless ``resume``.
+    """Build the VM from the snapshot at ``where`` (a directory or
+    ``SnapshotPaths``) instead of booting (Firecracker's ``PUT /snapshot/load``),
+    paused unless ``resume``.
     ``console`` replaces the saved console's host side. Allowed only before
     boot, on a Vmm whose pending configuration is then the snapshot's."""
 
-    directory: Path
+    where: Path | SnapshotPaths
     resume: bool = True
     console: CharConfig | None = None
     allowed: ClassVar[frozenset[RunState]] = BEFORE_BOOT
     verb: ClassVar[str] = "load a snapshot"
 
     def run(self, vmm: Vmm) -> SnapshotInfo:
-        vmm.restore_machine(Path(self.directory), resume=self.resume, console=self.console)
+        from kvmlite.snapshot import SnapshotPaths  # noqa: PLC0415
+
+        vmm.restore_machine(self.where, resume=self.resume, console=self.console)
         assert vmm.machine is not None
-        return SnapshotInfo(Path(self.directory), vmm.machine.memory.size)
+        return SnapshotInfo(SnapshotPaths.of(self.where), vmm.machine.memory.size)
 
 
 @dataclass(frozen=True)
 class SnapshotInfo:
-    directory: Path
+    paths: SnapshotPaths
     memory_size: int
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmlite.config import CharConfig, VmConfig
 from kvmlite.eventloop import EventLoop
+from kvmlite.snapshot.snapshot import SnapshotPaths
 from kvmlite.vmm.actions import (
     Action,
     ActionRefused,
@@ -148,7 +149,7 @@ class Vmm:
         self.started_at = time.monotonic()
 
     def restore_machine(
-        self, directory: Path, *, resume: bool, console: CharConfig | None = None
+        self, where: Path | SnapshotPaths, *, resume: bool, console: CharConfig | None = None
     ) -> None:
         """Build the machine from a snapshot (kvmlite/snapshot/) and start its
         vCPUs, parked unless ``resume``. Nothing is left behind if it fails."""
@@ -157,7 +158,7 @@ class Vmm:
         def on_quit() -> None:
             self.submit(Quit("quit from console"))
 
-        snap = read_snapshot(directory)
+        snap = read_snapshot(where)
         machine = restore_snapshot(
             snap, console=self._console, console_spec=console, loop=self.loop, on_quit=on_quit
         )
@@ -170,16 +171,25 @@ class Vmm:
     # -- the Python API -----------------------------------------------------------
 
     def snapshot(
-        self, directory: str | Path, *, progress: Callable[[int], None] | None = None
+        self,
+        where: str | Path | SnapshotPaths,
+        *,
+        progress: Callable[[int], None] | None = None,
     ) -> SnapshotInfo:
-        """Save the paused VM to ``directory`` (the SnapshotCreate action)."""
-        return self.submit(SnapshotCreate(Path(directory), progress), timeout=None)
+        """Save the paused VM to ``where`` (the SnapshotCreate action)."""
+        target = where if isinstance(where, SnapshotPaths) else Path(where)
+        return self.submit(SnapshotCreate(target, progress), timeout=None)
 
     def restore(
-        self, directory: str | Path, *, resume: bool = True, console: CharConfig | None = None
+        self,
+        where: str | Path | SnapshotPaths,
+        *,
+        resume: bool = True,
+        console: CharConfig | None = None,
     ) -> SnapshotInfo:
         """Bring a snapshot back in this (not started) Vmm (the SnapshotLoad action)."""
-        return self.submit(SnapshotLoad(Path(directory), resume, console), timeout=None)
+        target = where if isinstance(where, SnapshotPaths) else Path(where)
+        return self.submit(SnapshotLoad(target, resume, console), timeout=None)
 
     def quit(self, message: str) -> None:
         if self.machine is not None:

@@ -15,6 +15,7 @@ from kvmlite.config import CharConfig, DriveConfig
 from kvmlite.snapshot import (
     MEMORY_FILE,
     STATE_FILE,
+    SnapshotPaths,
     restore_snapshot,
     write_snapshot,
 )
@@ -126,3 +127,19 @@ def test_failed_write_leaves_the_older_snapshot(snapped) -> None:
         write_snapshot(a, tmp / "snap")
     (tmp / "snap" / f".{MEMORY_FILE}.tmp").rmdir()
     assert {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()} == before
+
+
+def test_two_paths_firecracker_style(snapped) -> None:
+    a, tmp = snapped
+    paths = SnapshotPaths(tmp / "fc" / "vm.snap", tmp / "fc-mem" / "vm.mem")
+    write_snapshot(a, paths)
+    assert paths.memory.stat().st_size == MEMORY
+    con_b = tmp / "b.txt"
+    b = restore_snapshot(paths, console_spec=CharConfig.parse(f"file:{con_b}"))
+    try:
+        b.start()
+        wait_for_lines(con_b, 2)
+        b.pause()
+        assert_one_count((tmp / "a.txt").read_text(), con_b.read_text())
+    finally:
+        stop(b)
