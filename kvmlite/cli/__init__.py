@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kvmlite.cli.run", "boot a Linux kernel (bzImage or vmlinux)"),
     "img": ("kvmlite.cli.img", "create, inspect, check and convert disk images"),
     "serve": ("kvmlite.cli.serve", "serve a virtio device to another VMM over vhost-user"),
+    "snapshot": ("kvmlite.cli.snapshot", "snapshot a running VM (restore: run --restore DIR)"),
 }
 
 
