@@ -92,7 +92,7 @@ def _flush_disks(machine: Machine) -> None:
     from kvmlite.devices.virtio.blk import VirtioBlock  # noqa: PLC0415
 
     for entry in machine.devices.of_type(VirtioBlock):
-        with entry.lock:
+        with entry.locked():
             entry.model.backend.flush()
 
 

@@ -42,6 +42,7 @@ from kvmlite.kvm.state import VcpuState, VmState, restore_vcpu, restore_vm, save
 from kvmlite.state import dumps, loads
 
 if TYPE_CHECKING:
+    from kvmlite.vmm.devices import DeviceEntry
     from kvmlite.vmm.machine import Machine
 
 #: How long a device may take to finish its requests in flight at save time.
@@ -81,21 +82,19 @@ def _state_type(cls: type) -> type:
 
 
 def _parts(machine: Machine) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
-    """(id, object, lock) of every stateful device, then of every stateful transport."""
+    """(id, object, entry) of every stateful device, then of every stateful transport."""
     devices, transports = [], []
     for entry in machine.devices:
         if isinstance(entry.model, Persist):
-            devices.append((entry.id, entry.model, entry.lock))
+            devices.append((entry.id, entry.model, entry))
         if isinstance(entry.transport, Persist):
-            transports.append((entry.id, entry.transport, entry.lock))
+            transports.append((entry.id, entry.transport, entry))
     return devices, transports
 
 
-def _save_part(id: str, part: Any, lock: Any) -> PartState:
-    if lock is not None:
-        with lock:
-            return PartState(id, type(part).__name__, dumps(part.save()).decode())
-    return PartState(id, type(part).__name__, dumps(part.save()).decode())
+def _save_part(id: str, part: Any, entry: DeviceEntry[Any]) -> PartState:
+    with entry.locked():  # what a vCPU's register access holds
+        return PartState(id, type(part).__name__, dumps(part.save()).decode())
 
 
 def save_machine(machine: Machine) -> MachineState:
@@ -163,12 +162,9 @@ def restore_machine(machine: Machine, state: MachineState) -> None:
     for vcpu, vs in zip(machine.vcpus, state.vcpus, strict=True):
         restore_vcpu(vcpu, vs)
     devices, transports = _parts(machine)
-    for (_, obj, lock), st in [
+    for (_, obj, entry), st in [
         *zip(devices, device_states, strict=True),
         *zip(transports, transport_states, strict=True),
     ]:
-        if lock is not None:
-            with lock:
-                obj.load_state(st)
-        else:
+        with entry.locked():
             obj.load_state(st)
