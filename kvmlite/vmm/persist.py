@@ -19,7 +19,8 @@ The irqchip, PIT and clock go first and the vCPUs next, so that what the
 devices do when restored (a UART raising its IRQ line, an ACPI SCI) lands
 on restored interrupt controllers; the transports come last, because a
 transport restored at DRIVER_OK re-activates its device, which may then
-use its queues and raise MSIs at once. Each device is identified by its id
+use its queues and raise MSIs at once. Last, each virtio-net device asks
+its guest to announce itself (its peers learn the MAC again). Each device is identified by its id
 and its model's class: a snapshot from another config is refused before
 anything is changed (``check_matches``).
 
@@ -170,3 +171,15 @@ def restore_machine(machine: Machine, state: MachineState) -> None:
     ]:
         with entry.locked():
             obj.load_state(st)
+    announce_nics(machine)
+
+
+def announce_nics(machine: Machine) -> None:
+    """Ask every restored NIC's guest to announce itself (VIRTIO_NET_S_ANNOUNCE,
+    a gratuitous ARP), so that peers and switches learn its MAC again; a guest
+    that did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE is not asked."""
+    from kvmlite.devices.virtio.net import VirtioNet  # noqa: PLC0415
+
+    for entry in machine.devices.of_type(VirtioNet):
+        with entry.locked():
+            entry.model.announce()

@@ -126,3 +126,20 @@ def test_running_machine_is_not_saved(tmp_path: Path) -> None:
         assert a.state.value == "Running"
     finally:
         stop(a)
+
+
+def test_restore_asks_each_nic_to_announce_itself() -> None:
+    from types import SimpleNamespace
+
+    from devices.virtio.test_virtio_net import make  # tests/devices/virtio
+
+    from kvmlite.devices.virtio.net import VIRTIO_NET_S_ANNOUNCE
+    from kvmlite.vmm.devices import DeviceManager
+    from kvmlite.vmm.persist import announce_nics
+
+    nic, *_ = make()  # activated, GUEST_ANNOUNCE negotiated
+    devices = DeviceManager()
+    devices.add("net0", nic)
+    announce_nics(SimpleNamespace(devices=devices))  # type: ignore[arg-type]
+    status = int.from_bytes(nic.read_config(6, 2), "little")
+    assert nic.announce_pending and status & VIRTIO_NET_S_ANNOUNCE
