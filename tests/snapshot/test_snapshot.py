@@ -143,3 +143,28 @@ def test_two_paths_firecracker_style(snapped) -> None:
         assert_one_count((tmp / "a.txt").read_text(), con_b.read_text())
     finally:
         stop(b)
+
+
+def test_a_restored_machine_snapshots_again(snapped) -> None:
+    """Its RAM is a private file mapping (no memfd): the memory file is written
+    from the mapping, and the second snapshot goes on from the first."""
+    _, tmp = snapped
+    con_b, con_c = tmp / "b.txt", tmp / "c.txt"
+    b = restore_snapshot(tmp / "snap", console_spec=CharConfig.parse(f"file:{con_b}"))
+    try:
+        assert b.memory.regions[0].fd is None
+        b.start()
+        wait_for_lines(con_b, 3)
+        b.pause()
+        write_snapshot(b, tmp / "snap2")
+    finally:
+        stop(b)
+    c = restore_snapshot(tmp / "snap2", console_spec=CharConfig.parse(f"file:{con_c}"))
+    try:
+        c.start()
+        wait_for_lines(con_c, 2)
+        c.pause()
+        a_then_b = (tmp / "a.txt").read_text() + con_b.read_text()
+        assert_one_count(a_then_b, con_c.read_text())
+    finally:
+        stop(c)
