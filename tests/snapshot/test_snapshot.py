@@ -168,3 +168,20 @@ def test_a_restored_machine_snapshots_again(snapped) -> None:
         assert_one_count(a_then_b, con_c.read_text())
     finally:
         stop(c)
+
+
+def test_failed_load_leaves_the_vmm_unstarted(snapped) -> None:
+    from kvmlite.vmm.vmm import Vmm
+
+    _, tmp = snapped
+    os.truncate(tmp / "snap" / MEMORY_FILE, MEMORY // 2)
+    vmm = Vmm()
+    try:
+        with pytest.raises(SnapshotError, match="memory file"):
+            vmm.restore(tmp / "snap")
+        assert vmm.state.value == "Not started" and vmm.machine is None
+        os.truncate(tmp / "snap" / MEMORY_FILE, MEMORY)  # now zeros at the top: loads
+        vmm.restore(tmp / "snap", resume=False, console=CharConfig.parse("null"))
+        assert vmm.state.value == "Paused"
+    finally:
+        vmm.close()
