@@ -51,12 +51,28 @@ def snapped(tmp_path: Path):
     reported: list[int] = []
     write_snapshot(machine, tmp_path / "snap", progress=reported.append)
     assert sum(reported) == MEMORY
-    yield machine, tmp_path
-    stop(machine)
+    source = Source(machine)
+    yield source, tmp_path
+    source.stop()
+
+
+class Source:
+    """The snapshotted machine; a restore in this process stops it first, as
+    the two would otherwise share the disk (its image lock refuses that)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.stopped = False
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            stop(self.machine)
 
 
 def test_restore_continues_the_count(snapped) -> None:
     a, tmp = snapped
+    a.stop()
     memory = tmp / "snap" / MEMORY_FILE
     assert memory.stat().st_size == MEMORY
     assert memory.stat().st_blocks * 512 < MEMORY // 2  # untouched RAM stays a hole
@@ -111,10 +127,10 @@ def test_changed_raw_disk_is_refused(snapped) -> None:
 def test_running_vm_is_not_snapshotted_and_keeps_running(snapped) -> None:
     a, tmp = snapped
     before = {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()}
-    a.resume()
+    a.machine.resume()
     n = len(counts((tmp / "a.txt").read_text()))
     with pytest.raises(SnapshotError, match="running"):
-        write_snapshot(a, tmp / "snap")
+        write_snapshot(a.machine, tmp / "snap")
     assert {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()} == before
     assert len(wait_for_lines(tmp / "a.txt", n + 2)) >= n + 2  # still counting
 
@@ -124,7 +140,7 @@ def test_failed_write_leaves_the_older_snapshot(snapped) -> None:
     before = {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()}
     (tmp / "snap" / f".{MEMORY_FILE}.tmp").mkdir()  # the temporary file cannot be made
     with pytest.raises(SnapshotError, match="cannot write"):
-        write_snapshot(a, tmp / "snap")
+        write_snapshot(a.machine, tmp / "snap")
     (tmp / "snap" / f".{MEMORY_FILE}.tmp").rmdir()
     assert {p.name: p.read_bytes() for p in (tmp / "snap").iterdir()} == before
 
@@ -132,7 +148,8 @@ def test_failed_write_leaves_the_older_snapshot(snapped) -> None:
 def test_two_paths_firecracker_style(snapped) -> None:
     a, tmp = snapped
     paths = SnapshotPaths(tmp / "fc" / "vm.snap", tmp / "fc-mem" / "vm.mem")
-    write_snapshot(a, paths)
+    write_snapshot(a.machine, paths)
+    a.stop()
     assert paths.memory.stat().st_size == MEMORY
     con_b = tmp / "b.txt"
     b = restore_snapshot(paths, console_spec=CharConfig.parse(f"file:{con_b}"))
@@ -149,6 +166,7 @@ def test_a_restored_machine_snapshots_again(snapped) -> None:
     """Its RAM is a private file mapping (no memfd): the memory file is written
     from the mapping, and the second snapshot goes on from the first."""
     _, tmp = snapped
+    snapped[0].stop()
     con_b, con_c = tmp / "b.txt", tmp / "c.txt"
     b = restore_snapshot(tmp / "snap", console_spec=CharConfig.parse(f"file:{con_b}"))
     try:
@@ -174,6 +192,7 @@ def test_failed_load_leaves_the_vmm_unstarted(snapped) -> None:
     from kvmlite.vmm.vmm import Vmm
 
     _, tmp = snapped
+    snapped[0].stop()
     os.truncate(tmp / "snap" / MEMORY_FILE, MEMORY // 2)
     vmm = Vmm()
     try:
@@ -185,3 +204,13 @@ def test_failed_load_leaves_the_vmm_unstarted(snapped) -> None:
         assert vmm.state.value == "Paused"
     finally:
         vmm.close()
+
+
+def test_restore_beside_the_live_source_is_refused_by_the_disk_lock(snapped) -> None:
+    from kvmlite.errors import KvmliteError
+
+    a, tmp = snapped
+    with pytest.raises(KvmliteError, match="lock"):
+        restore_snapshot(tmp / "snap", console_spec=CharConfig.parse("null"))
+    a.stop()  # the half-built machine left no lock behind: now it restores
+    restore_snapshot(tmp / "snap", console_spec=CharConfig.parse("null")).close()

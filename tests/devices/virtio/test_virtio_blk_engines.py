@@ -404,10 +404,11 @@ def test_inflight_requests_snapshot_and_resubmit(
     # Rebuild on the same memory with the driver rewound: the request runs again.
     os.pwrite(backend.fileno(), b"B" * SECTOR, 0)
     evict(backend)
-    dev2 = VirtioBlock(backend, executor=engine, queue_size=16)
-    dev2.restore(VirtioBlockState(state.device, ((0, 0),)))
-    q = VirtQueue(16)
-    q.restore(qstate)
+    dev2 = VirtioBlock.restore(
+        {"backend": backend, "executor": engine, "queue_size": 16},
+        VirtioBlockState(state.device, ((0, 0),)),
+    )
+    q = VirtQueue.restore({"max_size": 16}, qstate)
     mem = drv.memory
     mem.write_int(drv.used_ring + 2, 2, 0)
     dev2.activate(mem, [q], [RecordingInterrupt()], RecordingInterrupt())
