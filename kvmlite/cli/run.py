@@ -110,6 +110,17 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="the KVM device to open (default /dev/kvm)",
     )
+    p.add_argument(
+        "--id", metavar="NAME", help="the VM's id for kvmlite ps/pause/stop... (default: generated)"
+    )
+    p.add_argument(
+        "--qmp",
+        action="append",
+        default=[],
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="a QMP monitor (QEMU's -qmp spelling; ',server,nowait' accepted); "
+        "default: qmp.sock in the VM's runtime directory",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -149,13 +160,21 @@ def _port(spec: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from kvmlite.api.address import SocketAddress  # noqa: PLC0415
+    from kvmlite.api.management import Management  # noqa: PLC0415
+    from kvmlite.api.rundir import check_id  # noqa: PLC0415
     from kvmlite.vmm.actions import Quit, Start  # noqa: PLC0415
     from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
     config = config_from_args(args)
-    vmm = Vmm(config)
+    qmp = [SocketAddress.parse(spec) for spec in args.qmp]
+    extra = {"api": Path(args.api_sock)} if getattr(args, "api_sock", None) else {}
+    vmm = Vmm(config, id=args.id and check_id(args.id))
+    management = Management(vmm, qmp, extra_sockets=extra)
     try:
+        management.open()
         vmm.submit(Start(), timeout=None)
+        management.serve()
         result = None
         while result is None:
             try:
@@ -163,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 vmm.submit(Quit("interrupted"))
     finally:
+        management.close()
         vmm.close()
     if result.message and (result.status != 0 or args.verbose):
         print(f"kvmlite: {result.reason.value}: {result.message}", file=sys.stderr)
