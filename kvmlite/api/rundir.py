@@ -65,13 +65,16 @@ def check_id(vm_id: str) -> str:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if no such process."""
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), None if no such
+    process or a zombie (proc(5))."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may contain spaces.
     fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[:1] in (["Z"], ["X"]):  # a zombie has ended; only its parent has not looked
+        return None
     try:
         return int(fields[19])
     except (IndexError, ValueError):

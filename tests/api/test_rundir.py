@@ -107,3 +107,15 @@ def test_fuzz_vm_json(raw):
     except ValueError:
         return
     assert VmEntry.from_json(entry.to_json()) == entry
+
+
+def test_a_zombie_is_not_alive():
+    p = subprocess.Popen(["true"])
+    try:
+        from .vmrig import poll
+
+        stat = f"/proc/{p.pid}/stat"
+        poll("the child to become a zombie", lambda: open(stat).read().split(") ")[1][0] == "Z")
+        assert process_start_time(p.pid) is None
+    finally:
+        p.wait()
