@@ -78,7 +78,7 @@ class SocketAddress:
             elif self.path.exists():
                 raise ConfigError(f"{self.path} exists and is not a socket")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = str(self.path)
+            target: str | tuple[str, int] = str(self.path)
         else:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -96,7 +96,7 @@ class SocketAddress:
     def connect(self, timeout: float | None = 5.0) -> socket.socket:
         if self.path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = str(self.path)
+            target: str | tuple[str, int] = str(self.path)
         else:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)

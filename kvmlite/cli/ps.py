@@ -46,11 +46,11 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    table = [("ID", "PID", "STATE", "SOCKETS")]
+    table: list[tuple[str, str, str, str]] = [("ID", "PID", "STATE", "SOCKETS")]
     for r in rows:
         sockets = " ".join(f"{k}={v}" for k, v in sorted(r["sockets"].items()))
         table.append((r["id"], str(r["pid"]), r["state"], sockets))
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)), row[3])
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for line in table:
+        print("  ".join(c.ljust(w) for c, w in zip(line[:3], widths, strict=True)), line[3])
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
-from .vmrig import KvmliteVm, counter_guest, counts, poll
+from .vmrig import KvmliteVm, counter_guest, counts, hang_up, poll
 
 pytestmark = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
@@ -59,7 +59,7 @@ def test_pause_resume_continues_where_it_stopped(vm):
         )
         await qmp.execute("quit")
         shutdown = await events.get()
-        await qmp.disconnect()
+        await hang_up(qmp)
         return stop, paused, resume, running, cpus, shutdown
 
     stop, paused, resume, running, cpus, shutdown = run(go())
@@ -84,7 +84,7 @@ def test_reset_ends_with_reboot_status_and_event(vm):
         await qmp.connect(str(vm.qmp_path))
         await qmp.execute("system_reset")
         names = [(await events.get())["event"], (await events.get())["event"]]
-        await qmp.disconnect()
+        await hang_up(qmp)
         return names
 
     assert run(go()) == ["RESET", "SHUTDOWN"]
@@ -108,7 +108,7 @@ def test_garbage_and_bad_commands_leave_the_vm_running(vm):
             await qmp.execute("cont", {"bogus": 1})
         status = await qmp.execute("query-status")
         await qmp.execute("quit")
-        await qmp.disconnect()
+        await hang_up(qmp)
         return e.value.error_class, status
 
     cls, status = run(go())

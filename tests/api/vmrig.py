@@ -26,6 +26,15 @@ def counts(console: Path) -> list[int]:
     return [int(m.group(1), 16) for m in map(COUNTER_RE.match, lines) if m]
 
 
+async def hang_up(qmp) -> None:
+    """qemu.qmp's disconnect, where the VM may have closed the monitor first (after
+    quit, reset or a poweroff it does, as QEMU does): qemu.qmp then raises EOFError."""
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass
+
+
 def poll(what: str, check, timeout: float = 60.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -40,7 +49,9 @@ def poll(what: str, check, timeout: float = 60.0, interval: float = 0.05):
 class KvmliteVm:
     """``kvmlite run -k GUEST --console file:... [args]`` with its own runtime base."""
 
-    def __init__(self, kernel: Path, workdir: Path, *args: str, vm_id: str = "t") -> None:
+    def __init__(
+        self, kernel: Path, workdir: Path, *args: str, vm_id: str = "t", memory: str = "32"
+    ) -> None:
         self.workdir = workdir
         self.console = workdir / "console.log"
         self.xdg = workdir / "xdg"
@@ -48,7 +59,7 @@ class KvmliteVm:
         self.env = {**os.environ, "XDG_RUNTIME_DIR": str(self.xdg)}
         self.id = vm_id
         self.rundir = self.xdg / "kvmlite" / vm_id
-        cmd = [sys.executable, "-m", "kvmlite.cli", "run", "-k", str(kernel), "-m", "32"]
+        cmd = [sys.executable, "-m", "kvmlite.cli", "run", "-k", str(kernel), "-m", memory]
         cmd += ["--console", f"file:{self.console}", "--id", vm_id, *args]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
