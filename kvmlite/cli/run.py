@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,10 @@ def _port(spec: str) -> tuple[str, str]:
     return name, backend
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
     from kvmlite.api.address import SocketAddress  # noqa: PLC0415
     from kvmlite.api.management import Management  # noqa: PLC0415
@@ -171,6 +176,8 @@ def main(args: argparse.Namespace) -> int:
     extra = {"api": Path(args.api_sock)} if getattr(args, "api_sock", None) else {}
     vmm = Vmm(config, id=args.id and check_id(args.id))
     management = Management(vmm, qmp, extra_sockets=extra)
+    # SIGTERM (kill, systemd) ends the VM like Ctrl-C: sockets and runtime dir removed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         management.open()
         vmm.submit(Start(), timeout=None)

@@ -96,3 +96,15 @@ def test_bad_qmp_address_fails_before_the_guest_starts(counter, short_tmp):
         assert not vm.rundir.exists()
     finally:
         vm.close()
+
+
+def test_sigterm_ends_the_vm_and_removes_its_runtime_directory(counter, short_tmp):
+    vm = KvmliteVm(counter, short_tmp, vm_id="termed")
+    try:
+        vm.wait_running()
+        assert (vm.rundir / "qmp.sock").is_socket()
+        vm.proc.terminate()
+        assert vm.end() == 0
+        assert not vm.rundir.exists()
+    finally:
+        vm.close()
