@@ -132,3 +132,35 @@ def test_qmp_shell_unmodified(vm):
     assert "'status': 'paused'" in r.stdout or '"status": "paused"' in r.stdout, r.stdout
     assert "kvmlite" in r.stdout
     assert vm.end() == 0
+
+
+def test_system_powerdown_raises_the_sci_of_the_power_button(tmp_path_factory, short_tmp):
+    from kvmlite.testing.guests import GUEST_DIR, build_guest
+
+    from .vmrig import HERE
+
+    guest = build_guest(HERE / "sci.c", tmp_path_factory.mktemp("sci"), kind="pvh",
+                        kit_dir=GUEST_DIR)  # fmt: skip
+    qmp_path = short_tmp / "q.sock"
+    vm = KvmliteVm(guest, short_tmp, "--qmp", f"unix:{qmp_path}", vm_id="sci")
+    try:
+        vm.wait_running()
+        poll("the guest to arm", lambda: "armed" in vm.console.read_text())
+
+        async def go():
+            qmp = QMPClient("judge")
+            events = EventListener()
+            qmp.register_listener(events)
+            await qmp.connect(str(qmp_path))
+            await qmp.execute("system_powerdown")
+            got = [(await events.get())["event"], await events.get()]
+            await hang_up(qmp)
+            return got
+
+        powerdown, shutdown = run(go())
+        assert powerdown == "POWERDOWN"
+        assert shutdown["data"] == {"guest": True, "reason": "guest-shutdown"}
+        assert vm.end() == 0
+        assert "sci ok" in vm.console.read_text()
+    finally:
+        vm.close()
