@@ -28,6 +28,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "img": ("kvmlite.cli.img", "create, inspect, check and convert disk images"),
     "serve": ("kvmlite.cli.serve", "serve a virtio device to another VMM over vhost-user"),
     "snapshot": ("kvmlite.cli.snapshot", "snapshot a running VM (restore: run --restore DIR)"),
+    "ps": ("kvmlite.cli.ps", "list the running VMs (id, pid, state, sockets)"),
+    "pause": ("kvmlite.cli.pause", "pause a running VM"),
+    "resume": ("kvmlite.cli.resume", "resume a paused VM"),
+    "stop": ("kvmlite.cli.stop", "end a VM now (QMP quit)"),
+    "powerdown": ("kvmlite.cli.powerdown", "press a VM's ACPI power button"),
+    "api": ("kvmlite.cli.api", "send one request to a VM's REST API socket"),
 }
 
 

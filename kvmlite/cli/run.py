@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,17 @@ def register(sub: Any) -> None:
         "machine is the snapshot's, only --console may be given (docs/snapshot.md)",
     )
     p.add_argument("--paused", action="store_true", help="with --restore: do not resume the vCPUs")
+    p.add_argument(
+        "--id", metavar="NAME", help="the VM's id for kvmlite ps/pause/stop... (default: generated)"
+    )
+    p.add_argument(
+        "--qmp",
+        action="append",
+        default=[],
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="a QMP monitor (QEMU's -qmp spelling; ',server,nowait' accepted); "
+        "default: qmp.sock in the VM's runtime directory",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -171,21 +183,36 @@ def _port(spec: str) -> tuple[str, str]:
     return name, backend
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> int:
+    from kvmlite.api.address import SocketAddress  # noqa: PLC0415
+    from kvmlite.api.management import Management  # noqa: PLC0415
+    from kvmlite.api.rundir import check_id  # noqa: PLC0415
     from kvmlite.vmm.actions import Action, Quit, SnapshotLoad, Start  # noqa: PLC0415
     from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
+    qmp = [SocketAddress.parse(spec) for spec in args.qmp]
+    extra = {"api": Path(args.api_sock)} if getattr(args, "api_sock", None) else {}
+    vm_id = args.id and check_id(args.id)
     if args.restore is not None:
         _check_restore_args(args)
-        vmm = Vmm()
+        vmm = Vmm(id=vm_id)
         start: Action = SnapshotLoad(
             args.restore, resume=not args.paused, console=CharConfig.parse(args.console)
         )
     else:
-        vmm = Vmm(config_from_args(args))
+        vmm = Vmm(config_from_args(args), id=vm_id)
         start = Start()
+    management = Management(vmm, qmp, extra_sockets=extra)
+    # SIGTERM (kill, systemd) ends the VM like Ctrl-C: sockets and runtime dir removed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
+        management.open()
         vmm.submit(start, timeout=None)
+        management.serve()
         result = None
         while result is None:
             try:
@@ -193,6 +220,7 @@ def main(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 vmm.submit(Quit("interrupted"))
     finally:
+        management.close()
         vmm.close()
     if result.message and (result.status != 0 or args.verbose):
         print(f"kvmlite: {result.reason.value}: {result.message}", file=sys.stderr)

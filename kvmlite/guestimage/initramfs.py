@@ -5,6 +5,7 @@ Two kinds (the kernel side is Documentation/filesystems/ramfs-rootfs-initramfs.r
 - a busybox userland: Debian's busybox-static, a symlink per applet, and a
   shell-script /init that mounts proc, sysfs, devtmpfs, prints
   ``kvmlite guest ready`` and runs a shell with job control on the console;
+  busybox ``acpid`` powers the guest off when the ACPI power button is pressed;
 - a single-binary one, whose /init is one static test program; on an
   emulated KVM every fork+exec costs seconds, so slow tests do all their
   checks in that one process (TEST-HOST.md).
@@ -43,6 +44,9 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
+# The ACPI power button (QMP system_powerdown) reaches userspace as KEY_POWER
+# on /dev/input/event*; acpid runs /etc/acpi/PWRF/00000080 for it.
+acpid -l /tmp/acpid.log
 echo "{READY_BANNER}"
 # cttyhack opens the real console device (ttyS0...) as the controlling
 # terminal so job control works; /dev/console cannot be one. A shell that
@@ -73,6 +77,16 @@ bound|renew)
     ;;
 esac
 exit 0
+"""
+
+
+#: What busybox acpid runs for KEY_POWER (util-linux/acpid.c maps the key to the
+#: action "PWRF/00000080", a path under its config directory /etc/acpi): the
+#: default guest has no init daemon that ``poweroff`` could signal, hence -f.
+ACPI_POWER_SCRIPT = b"""#!/bin/sh
+echo "kvmlite guest: power button pressed, powering off" > /dev/console
+sync
+poweroff -f
 """
 
 
@@ -127,6 +141,9 @@ def busybox_initramfs_bytes(busybox: Path = DEFAULT_BUSYBOX) -> bytes:
                 w.symlink(str(path), "/bin/busybox")
         w.directory("etc/udhcpc")
         w.file("etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)
+        w.directory("etc/acpi")
+        w.directory("etc/acpi/PWRF")
+        w.file("etc/acpi/PWRF/00000080", ACPI_POWER_SCRIPT, 0o755)
         w.file("init", BUSYBOX_INIT.encode(), 0o755)
     return buf.getvalue()
 

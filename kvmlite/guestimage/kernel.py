@@ -19,6 +19,7 @@ Cache layout under ``<cache>/kernel/`` (``<cache>`` is cache.default_cache_dir()
   ``config``, ``version``. ``<key>`` hashes (tarball name and size, config
   fragment, patches): a finished key is returned without running make;
 - ``build.log``          output of the last configure/build;
+- ``objects.count``      objects the last build left, the progress bar's 100 %;
 - ``.lock``              flock held while the tree is in use.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from kvmlite.errors import ImageError
 from kvmlite.guestimage.cache import content_key, default_cache_dir, locked
+from kvmlite.guestimage.progress import BuildProgress, count_objects, expected_objects
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 CONFIG_FRAGMENT = Path(__file__).with_name("minimal.config")
@@ -46,6 +48,8 @@ _SOURCE_ID = ".kvmlite-source-id"
 _APPLIED = ".kvmlite-patches"
 # Bump when the build recipe itself changes, so old results are not reused.
 _RECIPE_VERSION = b"kvmlite-kernel-recipe-1"
+#: How many objects the last build left in build/ (kvmlite/guestimage/progress.py).
+OBJECT_COUNT_FILE = "objects.count"
 
 
 @dataclass(frozen=True)
@@ -109,21 +113,40 @@ class _Builder:
         if self.progress:
             print(f"[kvmlite kernel] {msg}", file=sys.stderr, flush=True)
 
-    def run(self, what: str, argv: list[str], cwd: Path) -> None:
-        """Run a build step, its output appended to build.log."""
+    def run(
+        self, what: str, argv: list[str], cwd: Path, progress: BuildProgress | None = None
+    ) -> None:
+        """Run a build step, its output appended to build.log (and fed to ``progress``)."""
         with open(self.log, "ab") as log:
             log.write(f"\n### {what}: {' '.join(argv)}\n".encode())
             log.flush()
-            proc = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
+            if progress is None:
+                returncode = subprocess.run(
+                    argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+                ).returncode
+            else:
+                with subprocess.Popen(
+                    argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                ) as proc:
+                    assert proc.stdout is not None
+                    for line in proc.stdout:
+                        log.write(line)
+                        progress.line(line)
+                returncode = proc.returncode
+                if returncode == 0:
+                    progress.finish()
+                else:
+                    progress.abort()
+        if returncode != 0:
             tail = self.log.read_text(errors="replace").splitlines()[-15:]
             raise ImageError(
-                f"kernel {what} failed (exit {proc.returncode}); full log: {self.log}\n"
+                f"kernel {what} failed (exit {returncode}); full log: {self.log}\n"
                 + "\n".join(tail)
             )
 
-    def make(self, what: str, *targets: str) -> None:
-        self.run(what, ["make", f"O={self.build}", f"-j{self.jobs}", *targets], self.src)
+    def make(self, what: str, *targets: str, progress: BuildProgress | None = None) -> None:
+        argv = ["make", f"O={self.build}", f"-j{self.jobs}", *targets]
+        self.run(what, argv, self.src, progress)
 
     def ensure_source(self, tarball: Path, source_id: str) -> None:
         id_file = self.src / _SOURCE_ID
@@ -245,7 +268,10 @@ def build_kernel(
         b.sync_patches(patches)
         config = b.configure(fragment.decode())
         b.say(f"building vmlinux bzImage with -j{b.jobs} (log: {b.log}; minutes on first build)")
-        b.make("build", "vmlinux", "bzImage")
+        count_file = root / OBJECT_COUNT_FILE
+        bar = BuildProgress(expected_objects(count_file)) if progress else None
+        b.make("build", "vmlinux", "bzImage", progress=bar)
+        count_file.write_text(f"{count_objects(b.build)}\n")
         version = (b.build / "include/config/kernel.release").read_text().strip()
         tmp = root / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

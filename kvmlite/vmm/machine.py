@@ -214,6 +214,11 @@ class Machine:
                 vcpu.immediate_exit = False
             self._cond.notify_all()
 
+    def vcpu_thread_ids(self) -> list[int | None]:
+        """The host thread id (``gettid``) of each vCPU's thread, None before it runs."""
+        ids: list[int | None] = [t.native_id for t in self._threads]
+        return ids + [None] * (len(self.vcpus) - len(ids))
+
     @property
     def paused(self) -> bool:
         return self._paused

@@ -97,7 +97,9 @@ def test_fadt_iasl(tables, tmp_path):
     assert re.search(r"8042 Present on ports 60/64 \(V2\) : 1", dsl)
     assert re.search(r"Legacy Devices Supported \(V2\) : 1", dsl)
     assert re.search(r"Reset Register Supported \(V2\) : 0", dsl)
-    assert re.search(r"Control Method Power Button \(V1\) : 1", dsl)
+    # the fixed-feature power button (QMP system_powerdown); no sleep button
+    assert re.search(r"Control Method Power Button \(V1\) : 0", dsl)
+    assert re.search(r"Control Method Sleep Button \(V1\) : 1", dsl)
     assert re.search(r"WBINVD instruction is operational \(V1\) : 1", dsl)
     # the X_ forms: three System I/O GAS blocks at the same ports
     assert len(re.findall(r"Space ID : 01 \[SystemIO\]", dsl)) == 3

@@ -127,7 +127,9 @@ def fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     put(88, "<BBBB", layout.PM1A_EVT_LEN, layout.PM1A_CNT_LEN, 0, layout.PM_TMR_LEN)
     put(96, "<HH", 101, 1001)  # P_LVL2/3_LAT above 100/1000: C2/C3 not supported
     put(109, "<H", IAPC_LEGACY_DEVICES | IAPC_8042)
-    put(112, "<I", FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON)
+    # PWR_BUTTON clear: the fixed-feature power button of PM1 (PWRBTN_STS/EN), what
+    # QMP system_powerdown presses; SLP_BUTTON set: no sleep button at all.
+    put(112, "<I", FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON)
     put(131, "<B", FADT_MINOR)
     # X_FIRMWARE_CTRL stays 0: the FACS is below 4 GiB, and with both set Linux
     # installs the FACS twice. X_DSDT duplicates DSDT, as §5.2.9 allows.

@@ -1,0 +1,35 @@
+"""Fixtures for the management front-ends: a VMM that is never started, its QMP server."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmlite.api.address import SocketAddress
+from kvmlite.api.qmp_server import QmpServer
+from kvmlite.vmm.vmm import Vmm
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory (unix socket paths are limited to 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="kvl-", dir="/tmp") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def vmm() -> Iterator[Vmm]:
+    v = Vmm(id="test-vm")
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def server(vmm: Vmm, short_tmp: Path) -> Iterator[QmpServer]:
+    s = QmpServer(vmm, SocketAddress(path=short_tmp / "qmp.sock"), max_message=64 << 10)
+    s.start()
+    yield s
+    s.close()
