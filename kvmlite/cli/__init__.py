@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kvmlite.cli.run", "boot a Linux kernel (bzImage or vmlinux)"),
     "img": ("kvmlite.cli.img", "create, inspect, check and convert disk images"),
     "serve": ("kvmlite.cli.serve", "serve a virtio device to another VMM over vhost-user"),
+    "firecracker": (
+        "kvmlite.cli.firecracker",
+        "a drop-in for the firecracker binary (its command line and REST API)",
+    ),
 }
 
 

@@ -110,6 +110,18 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="the KVM device to open (default /dev/kvm)",
     )
+    p.add_argument(
+        "--api-sock",
+        metavar="PATH",
+        help="serve the Firecracker-compatible REST API on this unix socket (docs/api.md)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the VM's resources from a Firecracker config file (JSON; docs/api.md): they "
+        "replace -k/-i/-a/-m/-c/-d/-n; the other options still apply",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -153,16 +165,31 @@ def main(args: argparse.Namespace) -> int:
     from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
     config = config_from_args(args)
+    if args.config is not None:
+        from kvmlite.cli.firecracker import read_config_file  # noqa: PLC0415
+
+        config = read_config_file(args.config, config)[0]
     vmm = Vmm(config)
+    server = None
     try:
+        if args.api_sock:
+            from kvmlite.cli.firecracker import open_api  # noqa: PLC0415
+
+            server = open_api(vmm, args.api_sock, None, require_kernel=False, max_body=51200)
         vmm.submit(Start(), timeout=None)
         result = None
+        if server is not None:  # SIGTERM too ends the VM cleanly and removes the socket
+            from kvmlite.cli.firecracker import wait_for_exit  # noqa: PLC0415
+
+            result = wait_for_exit(vmm)
         while result is None:
             try:
                 result = vmm.wait(0.5)
             except KeyboardInterrupt:
                 vmm.submit(Quit("interrupted"))
     finally:
+        if server is not None:
+            server.close()
         vmm.close()
     if result.message and (result.status != 0 or args.verbose):
         print(f"kvmlite: {result.reason.value}: {result.message}", file=sys.stderr)
