@@ -154,13 +154,14 @@ def continue_response() -> bytes:
 
 
 def response(status: int, body: Any = None, *, keep_alive: bool = True) -> bytes:
-    """A response; ``body`` (if not None) is sent as JSON. 204 has no body at all."""
+    """A response; ``body`` (if not None) is sent as JSON. 204 has no body and no
+    Content-Length (RFC 9110 §8.6), but names the API's media type like the others."""
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", "Server: kvmlite"]
+    lines.append("Content-Type: application/json")
     payload = b""
     if status != 204:
         if body is not None:
             payload = json.dumps(body).encode()
-            lines.append("Content-Type: application/json")
         lines.append(f"Content-Length: {len(payload)}")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload

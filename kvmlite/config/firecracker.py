@@ -116,8 +116,11 @@ def token_bucket(value: Any, where: str) -> tuple[int, int]:
     """A ``TokenBucket``: (size, refill_time in ms)."""
     bucket = obj(value, where)
     check_keys(bucket, where, {"size", "refill_time", "one_time_burst"}, {"size", "refill_time"})
-    get_int(bucket, "one_time_burst", where, 0)
-    return get_int(bucket, "size", where, 0), get_int(bucket, "refill_time", where, 0)
+    int64 = 2**63 - 1  # the definition's "format: int64"
+    get_int(bucket, "one_time_burst", where, 0, 0, int64)
+    return get_int(bucket, "size", where, 0, 0, int64), get_int(
+        bucket, "refill_time", where, 0, 0, int64
+    )
 
 
 def rate_limiter(value: Any, where: str) -> tuple[int, bool]:

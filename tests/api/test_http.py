@@ -75,9 +75,9 @@ def test_malformed_requests_are_400(data: bytes, message: str) -> None:
 
 
 def test_responses() -> None:
-    assert (
-        response(204)
-        == b"HTTP/1.1 204 No Content\r\nServer: kvmlite\r\nConnection: keep-alive\r\n\r\n"
+    assert response(204) == (
+        b"HTTP/1.1 204 No Content\r\nServer: kvmlite\r\nContent-Type: application/json\r\n"
+        b"Connection: keep-alive\r\n\r\n"
     )
     out = response(400, {"fault_message": "x"}, keep_alive=False)
     head, _, body = out.partition(b"\r\n\r\n")
