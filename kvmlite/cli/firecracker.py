@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
             base, machine=dataclasses.replace(base.machine, virtio_transport=Transport.PCI)
         )
     settings = ProcessSettings(args.id)
-    config, doc = base, {}
+    config, doc = base, dict[str, Any]()
     if args.config_file is not None:
         config, doc = read_config_file(args.config_file, base)
     try:
