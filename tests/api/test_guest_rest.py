@@ -240,3 +240,24 @@ def test_no_api_config_file(counter: Path, tmp_path: Path, vm: list[VmProcess]) 
     vm.append(p)
     assert_no_gap(counter_numbers(p.wait_lines(3)))
     assert p.stop() == 0
+
+
+def test_run_with_a_config_file(counter: Path, tmp_path: Path, vm: list[VmProcess]) -> None:
+    """`kvmlite run --config vm.json` reads the same Firecracker JSON; GET /vm/config
+    gives it back."""
+    cfg = tmp_path / "vm.json"
+    doc = {
+        "boot-source": {"kernel_image_path": str(counter), "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+    }
+    cfg.write_text(json.dumps(doc))
+    sock = tmp_path / "run.sock"
+    p = VmProcess(["run", "--config", str(cfg), "--console", "stdio", "--api-sock", str(sock)],
+                  sock)  # fmt: skip
+    vm.append(p)
+    p.wait_socket()
+    full = p.api("GET", "/vm/config")[1]
+    assert full["boot-source"] == doc["boot-source"]
+    assert full["machine-config"]["mem_size_mib"] == 64
+    assert_no_gap(counter_numbers(p.wait_lines(3)))
+    assert p.stop() == 0

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.spec import validate
 from kvmlite.api.rest import RestApi
 from kvmlite.config import MIB
+from kvmlite.config.firecracker import firecracker_defaults
 from kvmlite.vmm.vmm import Vmm
 
 
@@ -127,3 +130,37 @@ def test_logger_and_metrics(api: RestApi, tmp_path: Path) -> None:
     line = json.loads(metrics.read_text().splitlines()[-1])
     assert line["vmm"]["state"] == "Not started" and "utc_timestamp_ms" in line
     api.settings.close()
+
+
+METHODS = st.sampled_from(["GET", "PUT", "PATCH", "DELETE", "POST"])
+PATHS = st.sampled_from(
+    ["/", "/version", "/vm/config", "/machine-config", "/boot-source", "/drives/a",
+     "/drives/", "/network-interfaces/eth0", "/entropy", "/serial", "/logger", "/metrics",
+     "/actions", "/vm", "/snapshot/create", "/x/../vm"]
+)  # fmt: skip
+BODIES = st.one_of(
+    st.binary(max_size=64),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["vcpu_count", "mem_size_mib", "drive_id", "state",
+                                           "action_type", "iface_id", "x"]), inner, max_size=4),
+        max_leaves=8,
+    ).map(lambda v: json.dumps(v).encode()),
+)  # fmt: skip
+
+
+@settings(max_examples=150)
+@given(method=METHODS, path=PATHS, body=BODIES)
+def test_fuzz_never_a_server_error(method: str, path: str, body: bytes) -> None:
+    vmm = Vmm(firecracker_defaults(), id="fuzz")
+    try:
+        api = RestApi(vmm)
+        before = vmm.config
+        status, answer = api.handle(method, path, body)
+        assert status in (200, 204, 400)
+        if status == 400:
+            validate("Error", answer)
+            assert vmm.config == before
+    finally:
+        vmm.close()
