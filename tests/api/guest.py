@@ -39,18 +39,7 @@ class VmProcess:
 
     def wait_socket(self, timeout: float = 30) -> None:
         assert self.sock is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"kvmlite exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                if request(self.sock, "GET", "/")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the API socket did not come up")
-            time.sleep(0.02)
+        wait_for_api(self.sock, self.proc, timeout)
 
     def wait_lines(self, count: int, timeout: float = 60) -> list[str]:
         with self._cond:
@@ -70,6 +59,22 @@ class VmProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout)
+
+
+def wait_for_api(sock: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Poll (bounded) until ``GET /`` on ``sock`` answers 200; fail if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"kvmlite exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if request(sock, "GET", "/")[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the API socket did not come up")
+        time.sleep(0.02)
 
 
 def counter_numbers(lines: list[str]) -> list[int]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from api.client import request
+from api.guest import wait_for_api
 
 
 def fc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -58,11 +59,7 @@ def test_waits_for_configuration_and_removes_its_socket(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        from api.guest import VmProcess
-
-        waiter = VmProcess.__new__(VmProcess)
-        waiter.sock, waiter.proc = sock, proc
-        waiter.wait_socket()
+        wait_for_api(sock, proc)
         assert request(sock, "GET", "/")[1]["state"] == "Not started"
         assert request(sock, "GET", "/machine-config")[1]["mem_size_mib"] == 128
     finally:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_kata_fc_driver_start_up_sequence(
     named; without it the rest works up to the hot-plug, which is refused (no
     media change yet)."""
     out = subprocess.run(
-        [os.sys.executable, "-m", "kvmlite.cli.firecracker", "--version"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "kvmlite.cli.firecracker", "--version"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.split(" ")[1].strip().lstrip("v").startswith("1.")
