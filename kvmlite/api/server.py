@@ -4,7 +4,8 @@ Each connection reads with a deadline: a request must arrive complete within
 ``request_timeout`` seconds of its first byte (a slow or stalled client is
 answered 400 and dropped), and an idle keep-alive connection is closed after
 ``idle_timeout``. A client that disconnects mid-request loses only its own
-request. Requests go to ``handler(method, path, body) -> (status, json)``,
+request; at most ``MAX_CONNECTIONS`` are served at once. Requests go to
+``handler(method, path, body) -> (status, json)``,
 which is ``RestApi.handle`` (kvmlite/api/rest.py); the server itself knows
 nothing of VMs.
 
@@ -38,6 +39,8 @@ from kvmlite.errors import ConfigError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, str, bytes], tuple[int, Any]]
+#: Connections served at once (a thread each); one more is answered 400 and closed.
+MAX_CONNECTIONS = 256
 
 
 def _stale(path: Path) -> bool:
@@ -126,7 +129,15 @@ class ApiServer:
             except OSError:
                 return  # closed
             with self._lock:
-                self._conns.add(conn)
+                full = len(self._conns) >= MAX_CONNECTIONS
+                if not full:
+                    self._conns.add(conn)
+            if full:
+                fault = {"fault_message": f"too many API connections (at most {MAX_CONNECTIONS})"}
+                with contextlib.suppress(OSError):
+                    conn.sendall(response(400, fault, keep_alive=False))
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="api-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

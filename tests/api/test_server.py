@@ -121,3 +121,20 @@ def test_socket_is_removed_and_stale_one_replaced(tmp_path: Path) -> None:
     path.write_text("not a socket")
     with pytest.raises(ConfigError, match="not a socket"):
         ApiServer(path, lambda m, p, b: (200, {})).start()
+
+
+def test_connections_beyond_the_cap_are_refused(
+    api_sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kvmlite.api.server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
+    held = [UnixConnection(api_sock) for _ in range(2)]
+    try:
+        for conn in held:
+            assert call(conn, "GET", "/")[0] == 200  # both are being served
+        # The refusal comes unasked, right after the connection is accepted.
+        assert b"too many API connections" in raw(api_sock, b"")
+    finally:
+        for conn in held:
+            conn.close()
