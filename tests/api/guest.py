@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ KVM = os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 class VmProcess:
-    def __init__(self, argv: list[str], sock: Path | None) -> None:
+    def __init__(self, argv: list[str], sock: Path | None, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: e.g. ``ip netns exec NAME``, to run it in a network namespace."""
         self.sock = sock
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvmlite.cli", *argv],
+            [*prefix, sys.executable, "-m", "kvmlite.cli", *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pytest
 
 from api.guest import KVM, VmProcess, counter_numbers
 from kvmlite.testing.guests import GUEST_DIR, build_guest
+from kvmlite.testing.netns import NetNs, netns_scope
 
 pytestmark = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm")
 HERE = Path(__file__).parent
@@ -128,16 +129,23 @@ def test_pause_resume_continues_where_it_stopped(
     assert not sock.exists()
 
 
+netns = pytest.fixture(netns_scope, name="netns")
+
+
 def test_firecracker_go_sdk_start_up_sequence(
-    counter: Path, disk: Path, tmp_path: Path, vm: list[VmProcess]
+    counter: Path, disk: Path, tmp_path: Path, vm: list[VmProcess], netns: NetNs
 ) -> None:
     """firecracker-go-sdk's defaultFcInitHandlerList (handlers.go): StartVMM (spawn with
     --api-sock and --id, then poll GET /machine-config until it answers),
     BootstrapLogging (PUT /logger, PUT /metrics), CreateMachine (PUT /machine-config),
-    CreateBootSource, AttachDrives (PUT /drives/{id} each), then InstanceStart;
-    Shutdown sends SendCtrlAltDel."""
+    CreateBootSource, AttachDrives (PUT /drives/{id} each), CreateNetworkInterfaces
+    (PUT /network-interfaces/{id}, a tap the caller made), then InstanceStart;
+    Shutdown sends SendCtrlAltDel. Runs in a network namespace for its tap."""
+    netns.add_tap("fc-tap0")
+    netns.ip("link", "set", "fc-tap0", "up")  # NO-CARRIER until a VMM opens it
     sock = tmp_path / "sdk.sock"
-    p = VmProcess(["firecracker", "--api-sock", str(sock), "--id", "sdk-vm"], sock)
+    p = VmProcess(["firecracker", "--api-sock", str(sock), "--id", "sdk-vm"], sock,
+                  prefix=netns.argv([]))  # fmt: skip
     vm.append(p)
     p.wait_socket()
     assert p.api("GET", "/machine-config")[0] == 200
@@ -154,10 +162,17 @@ def test_firecracker_go_sdk_start_up_sequence(
         assert p.api("PUT", "/machine-config", body) == (204, None)
         boot = {"kernel_image_path": str(counter), "boot_args": "console=ttyS0 reboot=k panic=1"}
         assert p.api("PUT", "/boot-source", boot) == (204, None)
-        drive = {"drive_id": "1", "path_on_host": str(disk), "is_root_device": True,
+        # go-sdk's DrivesBuilder names the root drive root_drive, the others 0, 1, ...;
+        # NICs are 1, 2, ...
+        drive = {"drive_id": "root_drive", "path_on_host": str(disk), "is_root_device": True,
                  "is_read_only": False}  # fmt: skip
-        assert p.api("PUT", "/drives/1", drive) == (204, None)
+        assert p.api("PUT", "/drives/root_drive", drive) == (204, None)
+        nic = {"iface_id": "1", "host_dev_name": "fc-tap0", "guest_mac": "AA:FC:00:00:00:01"}
+        assert p.api("PUT", "/network-interfaces/1", nic) == (204, None)
+        assert "NO-CARRIER" in netns.ip("link", "show", "fc-tap0")
         assert p.api("PUT", "/actions", {"action_type": "InstanceStart"}) == (204, None)
+        assert "NO-CARRIER" not in netns.ip("link", "show", "fc-tap0")  # kvmlite opened it
+        assert p.api("PATCH", "/network-interfaces/1", {"iface_id": "1"}) == (204, None)
         assert p.api("GET", "/")[1] == {"id": "sdk-vm", "state": "Running",
                                         "vmm_version": "1.17.0-dev",
                                         "app_name": p.api("GET", "/")[1]["app_name"]}  # fmt: skip
