@@ -79,15 +79,22 @@ def version_text() -> str:
     return f"Firecracker v{FIRECRACKER_API_VERSION} (kvmlite {__version__})"
 
 
+def _on_term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM raises KeyboardInterrupt, so that the socket is removed on the way out
+    (call it before the socket exists)."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _on_term)
+
+
 def wait_for_exit(vmm: Any) -> Any:
     """Wait until the VM ends; SIGINT/SIGTERM quit it. Returns the MachineExit."""
     from kvmlite.vmm.actions import Quit  # noqa: PLC0415
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, on_term)
+    terminate_as_interrupt()
     result = None
     while result is None:
         try:
@@ -168,6 +175,7 @@ def main(args: argparse.Namespace) -> int:
             settings.configure_metrics({"metrics_path": args.metrics_path})
         elif doc.get("metrics") is not None:
             settings.configure_metrics(doc["metrics"])
+        terminate_as_interrupt()
         vmm = Vmm(config, id=args.id)
         server = None
         try:
@@ -179,9 +187,12 @@ def main(args: argparse.Namespace) -> int:
                     require_kernel=True,
                     max_body=args.http_api_max_payload_size,
                 )
-            if args.config_file is not None:
-                vmm.submit(Start(), timeout=None)
-            result = wait_for_exit(vmm)
+            try:
+                if args.config_file is not None:
+                    vmm.submit(Start(), timeout=None)
+                result = wait_for_exit(vmm)
+            except KeyboardInterrupt:  # SIGTERM/SIGINT before the VM ran: a clean end
+                return 0
         finally:
             if server is not None:
                 server.close()

@@ -173,8 +173,9 @@ def main(args: argparse.Namespace) -> int:
     server = None
     try:
         if args.api_sock:
-            from kvmlite.cli.firecracker import open_api  # noqa: PLC0415
+            from kvmlite.cli.firecracker import open_api, terminate_as_interrupt  # noqa: PLC0415
 
+            terminate_as_interrupt()
             server = open_api(vmm, args.api_sock, None, require_kernel=False, max_body=51200)
         vmm.submit(Start(), timeout=None)
         result = None
