@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("kvmlite.cli.stop", "end a VM now (QMP quit)"),
     "powerdown": ("kvmlite.cli.powerdown", "press a VM's ACPI power button"),
     "api": ("kvmlite.cli.api", "send one request to a VM's REST API socket"),
+    "firecracker": (
+        "kvmlite.cli.firecracker",
+        "a drop-in for the firecracker binary (its command line and REST API)",
+    ),
 }
 
 

@@ -130,6 +130,18 @@ def register(sub: Any) -> None:
         help="a QMP monitor (QEMU's -qmp spelling; ',server,nowait' accepted); "
         "default: qmp.sock in the VM's runtime directory",
     )
+    p.add_argument(
+        "--api-sock",
+        metavar="PATH",
+        help="serve the Firecracker-compatible REST API on this unix socket (docs/api.md)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the VM's resources from a Firecracker config file (JSON; docs/api.md): they "
+        "replace -k/-i/-a/-m/-c/-d/-n; the other options still apply",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -195,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
     from kvmlite.vmm.vmm import Vmm  # noqa: PLC0415
 
     qmp = [SocketAddress.parse(spec) for spec in args.qmp]
-    extra = {"api": Path(args.api_sock)} if getattr(args, "api_sock", None) else {}
+    extra = {"api": Path(args.api_sock)} if args.api_sock else {}
     vm_id = args.id and check_id(args.id)
     if args.restore is not None:
         _check_restore_args(args)
@@ -204,13 +216,23 @@ def main(args: argparse.Namespace) -> int:
             args.restore, resume=not args.paused, console=CharConfig.parse(args.console)
         )
     else:
-        vmm = Vmm(config_from_args(args), id=vm_id)
+        config = config_from_args(args)
+        if args.config is not None:
+            from kvmlite.cli.firecracker import read_config_file  # noqa: PLC0415
+
+            config = read_config_file(args.config, config)[0]
+        vmm = Vmm(config, id=vm_id)
         start = Start()
     management = Management(vmm, qmp, extra_sockets=extra)
+    api_server = None
     # SIGTERM (kill, systemd) ends the VM like Ctrl-C: sockets and runtime dir removed.
     signal.signal(signal.SIGTERM, _terminate)
     try:
         management.open()
+        if args.api_sock:
+            from kvmlite.cli.firecracker import open_api  # noqa: PLC0415
+
+            api_server = open_api(vmm, args.api_sock, None, require_kernel=False, max_body=51200)
         vmm.submit(start, timeout=None)
         management.serve()
         result = None
@@ -220,6 +242,8 @@ def main(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 vmm.submit(Quit("interrupted"))
     finally:
+        if api_server is not None:
+            api_server.close()
         management.close()
         vmm.close()
     if result.message and (result.status != 0 or args.verbose):

@@ -1,4 +1,5 @@
-"""Fixtures for the management front-ends: a VMM that is never started, its QMP server."""
+"""Fixtures for the management front-ends: a Vmm that has not started (with
+Firecracker's defaults), its REST API on a unix socket, its QMP server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 
 from kvmlite.api.address import SocketAddress
 from kvmlite.api.qmp_server import QmpServer
+from kvmlite.api.rest import RestApi
+from kvmlite.api.server import ApiServer
+from kvmlite.config.firecracker import firecracker_defaults
 from kvmlite.vmm.vmm import Vmm
 
 
@@ -22,7 +26,7 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def vmm() -> Iterator[Vmm]:
-    v = Vmm(id="test-vm")
+    v = Vmm(firecracker_defaults(), id="test-vm")
     yield v
     v.close()
 
@@ -33,3 +37,17 @@ def server(vmm: Vmm, short_tmp: Path) -> Iterator[QmpServer]:
     s.start()
     yield s
     s.close()
+
+
+@pytest.fixture
+def api(vmm: Vmm) -> RestApi:
+    return RestApi(vmm)
+
+
+@pytest.fixture
+def api_sock(api: RestApi, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "api.sock"
+    server = ApiServer(path, api.handle, request_timeout=2.0)
+    server.start()
+    yield path
+    server.close()
