@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 
 import pytest
 from qemu.qmp import EventListener, ExecuteError, QMPClient
@@ -93,7 +94,14 @@ def test_no_events_before_negotiation_and_id_echo(server, vmm):
     assert c.greeting["QMP"]["version"]["qemu"].keys() == {"major", "minor", "micro"}
     r = c.send(b'{"execute": "query-status", "id": "early"}')
     assert r["error"]["class"] == "CommandNotFound" and r["id"] == "early"
-    vmm.loop.call_soon(lambda: vmm.emit("STOP"))  # not for this client yet
+    emitted = threading.Event()
+
+    def emit_stop() -> None:
+        vmm.emit("STOP")  # not for this client yet
+        emitted.set()
+
+    vmm.loop.call_soon(emit_stop)
+    assert emitted.wait(5)  # emitted before the client negotiates (no race with it)
     assert c.send(b'{"execute": "qmp_capabilities"}') == {"return": {}}
     r = c.send(b'{"execute": "query-status", "id": [1, "two"]}')
     assert r == {"return": {"running": False, "status": "prelaunch"}, "id": [1, "two"]}
