@@ -111,6 +111,8 @@ class RestApi:
             ("PUT", re.compile(r"/metrics"), self.put_metrics, True),
             ("PUT", re.compile(r"/actions"), self.put_action, True),
             ("PATCH", re.compile(r"/vm"), self.patch_vm, True),
+            ("PUT", re.compile(r"/snapshot/create"), self.put_snapshot_create, True),
+            ("PUT", re.compile(r"/snapshot/load"), self.put_snapshot_load, True),
         ]
 
     # -- dispatch ----------------------------------------------------------------------
@@ -305,6 +307,20 @@ class RestApi:
             done = RunState.PAUSED if target == "Paused" else RunState.RUNNING
             if self._describe().state is not done:
                 raise
+        return 204, None
+
+    # -- snapshots (kvmlite/snapshot/firecracker.py maps the bodies) ---------------------
+
+    def put_snapshot_create(self, _: str, body: dict[str, Any]) -> tuple[int, Any]:
+        from kvmlite.snapshot.firecracker import create_action  # noqa: PLC0415
+
+        self.vmm.submit(create_action(body), timeout=None)
+        return 204, None
+
+    def put_snapshot_load(self, _: str, body: dict[str, Any]) -> tuple[int, Any]:
+        from kvmlite.snapshot.firecracker import load_action  # noqa: PLC0415
+
+        self.vmm.submit(load_action(body), timeout=None)
         return 204, None
 
 

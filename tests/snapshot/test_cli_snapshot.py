@@ -1,5 +1,5 @@
-"""``kvmlite snapshot SOCK DIR`` against an API socket (tests/snapshot/stub_rest.py
-stands in for the REST server): the VM is paused, saved, resumed."""
+"""``kvmlite snapshot SOCK DIR`` against kvmlite's own REST API socket: the VM
+is paused, saved (``PUT /snapshot/create``), resumed."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from vmm.counting import assert_one_count, counter_config, counts, wait_for_lines
 
+from kvmlite.api.rest import RestApi
+from kvmlite.api.server import ApiServer
 from kvmlite.config import CharConfig
 from kvmlite.vmm.actions import Pause, Start
 from kvmlite.vmm.vmm import Vmm
-from snapshot.stub_rest import StubRest
 
 pytestmark = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs a usable /dev/kvm"
@@ -29,13 +30,21 @@ def kvmlite(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_snapshot_of_a_running_vm_resumes_it_and_restores(tmp_path: Path) -> None:
     con = tmp_path / "a.txt"
     vmm = Vmm(counter_config(tmp_path, con))
-    api = StubRest(vmm, tmp_path / "api.sock")
+    rest = RestApi(vmm)
+    requests: list[tuple[str, str]] = []
+
+    def handle(method: str, target: str, body: bytes) -> tuple[int, object]:
+        requests.append((method, target))
+        return rest.handle(method, target, body)
+
+    api = ApiServer(tmp_path / "api.sock", handle)
+    api.start()
     try:
         vmm.submit(Start())
         wait_for_lines(con, 2)
         r = kvmlite("snapshot", tmp_path / "api.sock", tmp_path / "snap")
         assert r.returncode == 0, r.stderr
-        assert api.requests == [
+        assert requests == [
             ("GET", "/"),
             ("GET", "/vm/config"),
             ("PATCH", "/vm"),
