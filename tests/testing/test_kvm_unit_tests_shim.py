@@ -54,7 +54,7 @@ def test_translate_x86_run_command_line(tmp_path):
     args, initrd, cpus, mem = shim.translate(argv)
     assert args == [
         "run", "-k", str(kernel), "-a", "-v 1", "-c", "2", "-m", "2048M",
-        "--cpu-features", "+x2apic,+tsc_deadline_timer", "--test-devices",
+        "--cpu-features=+x2apic,+tsc_deadline_timer", "--test-devices",
     ]  # fmt: skip
     assert (initrd, cpus, mem) == ("/tmp/env", 2, 2048)
 

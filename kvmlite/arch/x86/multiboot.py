@@ -23,12 +23,15 @@ Follows the Multiboot Specification 0.6.96:
   (entries of size, base_addr, length, type; ``size`` excludes itself),
   boot_loader_name.
 
-Where things go (layout.py's map below 1 MiB): the information structure at
-``layout.ZERO_PAGE_ADDR``, the module list right after it, the memory map at
-``layout.PVH_MEMMAP_ADDR``, the command line and module strings at
-``layout.CMDLINE_ADDR``. Modules follow the kernel, each page-aligned, as
-QEMU places them. Like GRUB and QEMU, the command line the kernel sees
-starts with the kernel's file name (kvm-unit-tests takes it as argv[0]).
+Where things go (layout.py's map below 1 MiB): the GDT in the first page; the
+information structure, the module list, the boot loader's name and the
+memory map in the page at ``layout.ZERO_PAGE_ADDR``; the command line and
+module strings at ``layout.CMDLINE_ADDR``. A kernel may load anywhere in low
+RAM that overlaps none of these nor the firmware tables from the EBDA up to
+1 MiB (kvm-unit-tests' realmode.flat loads at 0x8000). Modules follow the
+kernel (and 1 MiB), each page-aligned, as QEMU places them. Like GRUB and
+QEMU, the command line the kernel sees starts with the kernel's file name
+(kvm-unit-tests takes it as argv[0]).
 
 Theory of operation: ``load_multiboot`` validates everything (header, every
 segment against guest RAM, the modules' room, the strings' size) and only
@@ -114,11 +117,17 @@ class MultibootMmapEntry(ctypes.LittleEndianStructure):
     _fields_ = [("size", u32), ("base_addr", u64), ("length", u64), ("type", u32)]
 
 
+#: Everything the loader writes besides the command line lives in this one page,
+#: so a kernel may load anywhere else in RAM, even below 1 MiB (kvm-unit-tests'
+#: realmode.flat loads at 0x8000).
 INFO_ADDR = layout.ZERO_PAGE_ADDR
+INFO_PAGE_END = INFO_ADDR + PAGE_SIZE
 MODS_ADDR = INFO_ADDR + 0x100
 LOADER_NAME_ADDR = MODS_ADDR + MAX_MODULES * ctypes.sizeof(MultibootModule)
-MMAP_ADDR = layout.PVH_MEMMAP_ADDR
-MMAP_MAX = 0x1000 // ctypes.sizeof(MultibootMmapEntry)
+MMAP_ADDR = LOADER_NAME_ADDR + 0x100
+MMAP_MAX = (INFO_PAGE_END - MMAP_ADDR) // ctypes.sizeof(MultibootMmapEntry)
+#: The lowest page (real-mode IVT, BDA and the boot GDT at 0x500) stays the loader's.
+LOW_RESERVED_END = PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -211,23 +220,33 @@ def _aout_segments(
     bss_end = h.bss_end_addr or load_end
     if bss_end < load_end:
         raise ImageError(f"{name}: Multiboot bss_end_addr {bss_end:#x} is below load_end_addr")
-    _check_placement(h.load_addr, bss_end, memory, name)
     if not h.load_addr <= h.entry_addr < bss_end:
         raise ImageError(f"{name}: the Multiboot entry {h.entry_addr:#x} is outside the kernel")
     return [elf.LoadSegment(h.load_addr, file_offset, filesz, bss_end - h.load_addr)], h.entry_addr
 
 
-def _check_placement(start: int, end: int, memory: GuestMemory, name: str) -> None:
-    if start < layout.KERNEL_LOAD_ADDR:
-        raise ImageError(
-            f"{name}: the kernel at {start:#x} would overwrite the boot data below 1 MiB"
-        )
+def _check_placement(
+    start: int, end: int, memory: GuestMemory, name: str, strings_size: int
+) -> None:
+    """[start, end) must be in low RAM and clear of everything the loader writes."""
     top = layout.low_ram_top(memory)
     if end > top:
         raise ImageError(
             f"{name}: the kernel ({start:#x}..{end:#x}) does not fit in the guest's"
             f" {top >> 20} MiB of low memory: give the guest more memory"
         )
+    reserved = [
+        (0, LOW_RESERVED_END, "the boot GDT"),
+        (INFO_ADDR, INFO_PAGE_END, "the Multiboot information"),
+        (layout.CMDLINE_ADDR, layout.CMDLINE_ADDR + strings_size, "the command line"),
+        (layout.EBDA_START, layout.BIOS_RESERVED_END, "the firmware tables"),
+    ]
+    for lo, hi, what in reserved:
+        if start < hi and lo < end:
+            raise ImageError(
+                f"{name}: the kernel ({start:#x}..{end:#x}) would overwrite {what}"
+                f" at {lo:#x}..{hi:#x}: link it at 1 MiB or above"
+            )
 
 
 def _elf_segments(
@@ -237,7 +256,7 @@ def _elf_segments(
         raise ImageError(
             f"{name}: a Multiboot kernel without the address fields (flag 16) must be an ELF file"
         )
-    image = elf.parse_elf(data, memory, name)
+    image = elf.parse_elf(data, memory, name, min_addr=0)
     if not any(s.paddr <= image.entry < s.paddr + s.memsz for s in image.segments):
         raise ImageError(f"{name}: the ELF entry {image.entry:#x} is outside the loaded kernel")
     return image.segments, image.entry
@@ -264,28 +283,6 @@ def load_multiboot(
     """
     data = memoryview(data)
     header = parse_header(data, name)
-    if header.aout_kludge:
-        segments, entry = _aout_segments(data, header, memory, name)
-    else:
-        segments, entry = _elf_segments(data, memory, name)
-    kernel_start = min(s.paddr for s in segments)
-    kernel_end = max(s.paddr + s.memsz for s in segments)
-
-    if len(modules) > MAX_MODULES:
-        raise ImageError(f"{len(modules)} Multiboot modules: kvmlite passes at most {MAX_MODULES}")
-    top = layout.low_ram_top(memory)
-    placed: list[tuple[int, bytes]] = []
-    addr = kernel_end
-    for contents, _string in modules:
-        addr = (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if addr + len(contents) > top:
-            raise ImageError(
-                f"Multiboot module of {len(contents) >> 10} KiB does not fit between the kernel"
-                f" and {top:#x}: give the guest more memory"
-            )
-        placed.append((addr, contents))
-        addr += len(contents)
-
     line = cmdline.encode() if isinstance(cmdline, str) else bytes(cmdline)
     line = (name.encode() + b" " + line).rstrip(b" ")
     strings = [line, *(s.encode() for _, s in modules)]
@@ -297,6 +294,29 @@ def load_multiboot(
             f"the Multiboot command line and module names take {len(blob)} bytes;"
             f" at most {layout.CMDLINE_MAX}: shorten them"
         )
+    if header.aout_kludge:
+        segments, entry = _aout_segments(data, header, memory, name)
+    else:
+        segments, entry = _elf_segments(data, memory, name)
+    for seg in segments:
+        _check_placement(seg.paddr, seg.paddr + seg.memsz, memory, name, len(blob))
+    kernel_start = min(s.paddr for s in segments)
+    kernel_end = max(s.paddr + s.memsz for s in segments)
+
+    if len(modules) > MAX_MODULES:
+        raise ImageError(f"{len(modules)} Multiboot modules: kvmlite passes at most {MAX_MODULES}")
+    top = layout.low_ram_top(memory)
+    placed: list[tuple[int, bytes]] = []
+    addr = max(kernel_end, layout.KERNEL_LOAD_ADDR)  # clear of the loader's data
+    for contents, _string in modules:
+        addr = (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if addr + len(contents) > top:
+            raise ImageError(
+                f"Multiboot module of {len(contents) >> 10} KiB does not fit between the kernel"
+                f" and {top:#x}: give the guest more memory"
+            )
+        placed.append((addr, contents))
+        addr += len(contents)
 
     # -- everything checked; now write guest memory --------------------------------------
     for s in segments:

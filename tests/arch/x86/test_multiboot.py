@@ -111,6 +111,15 @@ def test_aout_kludge():
     assert plan.kernel_end == LOAD + len(data) + 8192
 
 
+def test_kernel_below_1mib_like_realmode_flat():
+    # kvm-unit-tests' realmode.flat is linked at 0x8000, just above the info page
+    m = mem()
+    plan = load_multiboot(m, elf_kernel(paddr=0x8000), "", [(b"env", "e")])
+    assert plan.kernel_addr == 0x8000 and m.read(0x8000, 4) == struct.pack("<I", MAGIC)
+    start = struct.unpack("<I", m.read(info(m, plan).mods_addr, 4))[0]
+    assert start == MIB  # modules stay clear of the loader's data
+
+
 def test_load_kernel_detects_multiboot(tmp_path):
     (tmp_path / "k.flat").write_bytes(elf_kernel())
     (tmp_path / "env").write_bytes(b"A=1\n")
@@ -127,9 +136,12 @@ BAD = [
     ("unknown requirement", lambda: elf_kernel(flags=1 << 5), "requires features 0x20"),
     ("not ELF without kludge", lambda: b"\0" * 64 + header(0) + bytes(64), "must be an ELF"),
     ("segment outside RAM", lambda: elf_kernel(paddr=15 * MIB, memsz_extra=2 * MIB), "fit"),
-    ("segment over boot data", lambda: elf_kernel(paddr=0x7000), "below 1 MiB"),
+    ("segment over the info", lambda: elf_kernel(paddr=0x7000), "Multiboot information"),
+    ("segment over the GDT", lambda: elf_kernel(paddr=0x0), "boot GDT"),
+    ("segment over cmdline", lambda: elf_kernel(paddr=0x1F000), "command line"),
+    ("segment over firmware", lambda: elf_kernel(paddr=0xE0000), "firmware tables"),
     ("entry outside", lambda: elf_kernel(entry=0x100), "outside the loaded kernel"),
-    ("aout under 1 MiB", lambda: aout_kernel(load=0x8000), "below 1 MiB"),
+    ("aout over the info", lambda: aout_kernel(load=0x6000), "Multiboot information"),
     ("aout outside RAM", lambda: aout_kernel(bss_end=LOAD + 64 * MIB), "does not fit"),
     ("aout truncated", lambda: aout_kernel(load_end=LOAD + 0x10000), "truncated"),
     ("aout bss below end", lambda: aout_kernel(bss_end=LOAD + 8), "bss_end_addr"),
