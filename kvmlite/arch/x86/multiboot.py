@@ -24,8 +24,10 @@ Follows the Multiboot Specification 0.6.96:
   boot_loader_name.
 
 Where things go (layout.py's map below 1 MiB): the GDT in the first page; the
-information structure, the module list, the boot loader's name and the
-memory map in the page at ``layout.ZERO_PAGE_ADDR``; the command line and
+information structure, the module list, the boot loader's name, the
+memory map and the BIOS-state trampoline (biosstate.py: the PICs, PIT and
+real-mode vectors a BIOS leaves, then a jump to the kernel's entry) in the
+page at ``layout.ZERO_PAGE_ADDR``; the real-mode IVT at 0; the command line and
 module strings at ``layout.CMDLINE_ADDR``. A kernel may load anywhere in low
 RAM that overlaps none of these nor the firmware tables from the EBDA up to
 1 MiB (kvm-unit-tests' realmode.flat loads at 0x8000). Modules follow the
@@ -47,7 +49,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvmlite.arch.x86 import elf, layout
+from kvmlite.arch.x86 import biosstate, elf, layout
 from kvmlite.arch.x86.bootplan import BootPlan
 from kvmlite.arch.x86.cpu import MULTIBOOT_BOOTLOADER_MAGIC, write_boot_structures
 from kvmlite.errors import ImageError
@@ -125,7 +127,7 @@ INFO_PAGE_END = INFO_ADDR + PAGE_SIZE
 MODS_ADDR = INFO_ADDR + 0x100
 LOADER_NAME_ADDR = MODS_ADDR + MAX_MODULES * ctypes.sizeof(MultibootModule)
 MMAP_ADDR = LOADER_NAME_ADDR + 0x100
-MMAP_MAX = (INFO_PAGE_END - MMAP_ADDR) // ctypes.sizeof(MultibootMmapEntry)
+MMAP_MAX = (biosstate.TRAMPOLINE_ADDR - MMAP_ADDR) // ctypes.sizeof(MultibootMmapEntry)
 #: The lowest page (real-mode IVT, BDA and the boot GDT at 0x500) stays the loader's.
 LOW_RESERVED_END = PAGE_SIZE
 
@@ -357,9 +359,13 @@ def load_multiboot(
         info.mods_addr = MODS_ADDR
     memory.write(INFO_ADDR, bytes(info))
     write_boot_structures(memory, "multiboot32")
+    memory.write(biosstate.IVT_ADDR, biosstate.ivt_bytes())
+    memory.write(biosstate.STUBS_ADDR, biosstate.stubs_bytes())
+    tramp = biosstate.trampoline_bytes(entry, MULTIBOOT_BOOTLOADER_MAGIC, INFO_ADDR)
+    memory.write(biosstate.TRAMPOLINE_ADDR, tramp)
     return BootPlan(
         mode="multiboot32",
-        entry=entry,
+        entry=biosstate.TRAMPOLINE_ADDR,  # BIOS-like PIC/PIT set-up, then the kernel's entry
         boot_info=INFO_ADDR,
         kernel_addr=kernel_start,
         kernel_end=kernel_end,

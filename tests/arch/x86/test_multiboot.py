@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmlite.arch.x86 import layout, multiboot
+from kvmlite.arch.x86 import biosstate, layout, multiboot
 from kvmlite.arch.x86.boot import load_kernel
 from kvmlite.arch.x86.multiboot import load_multiboot, parse_header
 from kvmlite.errors import ImageError
@@ -69,7 +69,10 @@ def test_load_elf_kernel_with_module():
     data = elf_kernel()
     env = b"NR_CPUS=1\nMEMSIZE=16\n"
     plan = load_multiboot(m, data, "-v arg", [(env, "/tmp/env")], rsdp_addr=0xE0000, name="t.flat")
-    assert plan.mode == "multiboot32" and plan.entry == LOAD + 12
+    assert plan.mode == "multiboot32" and plan.entry == biosstate.TRAMPOLINE_ADDR
+    # the trampoline ends by jumping to the kernel's entry: mov ecx, entry; jmp ecx
+    tramp = m.read(plan.entry, 0x100)
+    assert struct.pack("<BI", 0xB9, LOAD + 12) + b"\xff\xe1" in tramp
     assert m.read(LOAD, 4) == struct.pack("<I", MAGIC)
     assert m.read(LOAD + 12 + 1024, 4096) == bytes(4096)  # bss zeroed
     i = info(m, plan)
@@ -105,7 +108,7 @@ def test_aout_kludge():
     m = mem()
     data = aout_kernel()
     plan = load_multiboot(m, data, "", name="k")
-    assert plan.entry == LOAD + 0x40 + 32
+    assert struct.pack("<BI", 0xB9, LOAD + 0x40 + 32) in m.read(plan.entry, 0x100)
     assert m.read(LOAD, len(data)) == data
     assert m.read(LOAD + len(data), 8192) == bytes(8192)
     assert plan.kernel_end == LOAD + len(data) + 8192
