@@ -83,8 +83,8 @@ def run_suite(
         env["QEMU"] = qemu
     if timeout:
         env["TIMEOUT"] = timeout
-    if times_file is not None:
-        env["KVMLITE_SHIM_TIMES"] = str(times_file)
+    if times_file is not None:  # the shim runs in the suite's directory
+        env["KVMLITE_SHIM_TIMES"] = str(Path(times_file).resolve())
     proc = subprocess.run(
         ["./run_tests.sh", *tests],
         cwd=src,
