@@ -15,6 +15,7 @@ import ctypes
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from kvmlite.devices.legacy import isa_debug_exit as ide
 from kvmlite.devices.legacy import pc_testdev as ptd
 from kvmlite.memory import PAGE_SIZE, GuestMemory
 from kvmlite.vmm.devices import BusKind, Placement
-from kvmlite.vmm.locking import LockedDevice
+from kvmlite.vmm.locking import LockedDevice, RegisterDevice
 from kvmlite.vmm.outcome import ExitReason
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from kvmlite.vmm.machine import Machine
 
 log = logging.getLogger(__name__)
+PROT_NONE = 0  # mman.h (the mmap module has it, its type stubs do not)
 
 
 class KvmRawIrqLine:
@@ -54,7 +56,7 @@ def page_flusher(memory: GuestMemory) -> Callable[[int], None]:
             return
         region = memory.region_of(gpa, PAGE_SIZE)
         host = region.host_address() + (gpa - region.gpa)
-        for prot in (mmap.PROT_NONE, mmap.PROT_READ | mmap.PROT_WRITE):
+        for prot in (PROT_NONE, mmap.PROT_READ | mmap.PROT_WRITE):
             if libc.mprotect(host, PAGE_SIZE, prot) != 0:
                 log.warning("pc-testdev: mprotect failed: %s", os.strerror(ctypes.get_errno()))
                 return
@@ -74,9 +76,9 @@ def add_test_devices(machine: Machine) -> ptd.PcTestdev:
     )
     lines = [KvmRawIrqLine(machine.vm, n) for n in range(ptd.PC_TESTDEV_IRQ_LINES)]
     dev = ptd.PcTestdev(lines, page_flusher(machine.memory))
-    lock = LockedDevice(dev).lock
+    lock = threading.Lock()
     size = ptd.PC_TESTDEV_REG_SIZE
-    regions = [
+    regions: list[tuple[BusKind, RegisterDevice, int, int]] = [
         (BusKind.PIO, dev.ioport, ptd.PC_TESTDEV_IOPORT, size),
         (BusKind.PIO, dev.flush, ptd.PC_TESTDEV_FLUSH, size),
         (BusKind.PIO, dev.ioport_byte, ptd.PC_TESTDEV_IOPORT_BYTE, size),

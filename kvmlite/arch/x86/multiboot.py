@@ -328,9 +328,9 @@ def load_multiboot(
     memory.write(layout.CMDLINE_ADDR, blob)
     string_addrs = []
     pos = layout.CMDLINE_ADDR
-    for s in strings:
+    for text in strings:
         string_addrs.append(pos)
-        pos += len(s) + 1
+        pos += len(text) + 1
     mod_table = b"".join(
         bytes(MultibootModule(a, a + len(c), string_addrs[1 + i], 0))
         for i, (a, c) in enumerate(placed)
