@@ -12,7 +12,7 @@ APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
 	passt iproute2 iputils-ping socat curl
 
-.PHONY: run test fuzz bench lint deps apt venv guest clean
+.PHONY: run test fuzz bench lint deps apt venv guest clean kvm-unit-tests
 
 run: deps guest
 	$(VENV)/bin/kvmlite run
@@ -56,6 +56,19 @@ $(VENV)/.installed: pyproject.toml
 guest: venv
 	$(PY) -m compileall -q kvmlite benchmarks
 	$(PY) -m kvmlite.guestimage
+
+# kvm-unit-tests (vendored, not in the repo): build it under build/, run it through
+# tools/kvm-unit-tests/qemu (kvmlite) and with QEMU -accel kvm, and write
+# build/kvm-unit-tests-results/table.md. KUT_TIMEOUT=60s caps every test (default:
+# each test's own timeout); KUT_TESTS="smptest tsc" runs only those; KUT_ARGS=--skip-qemu
+# reuses the last QEMU results.
+KUT_TARBALL ?= ../shared/vendor/kvm-unit-tests-1da1819e.tar.gz
+KUT_TIMEOUT ?=
+KUT_TESTS ?=
+kvm-unit-tests: venv
+	$(PY) -m kvmlite.testing.kvm_unit_tests --tarball $(KUT_TARBALL) --build build \
+		--out build/kvm-unit-tests-results $(if $(KUT_TIMEOUT),--timeout $(KUT_TIMEOUT)) \
+		$(KUT_ARGS) $(KUT_TESTS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

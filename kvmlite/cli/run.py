@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
         description="Boot a kernel on /dev/kvm. With no -k, boot kvmlite's default guest "
         "(built once from Debian's linux-source and busybox-static).",
     )
-    p.add_argument("-k", "--kernel", type=Path, help="bzImage or ELF vmlinux with a PVH entry")
+    p.add_argument(
+        "-k", "--kernel", type=Path, help="bzImage, ELF vmlinux with a PVH entry, or Multiboot"
+    )
     p.add_argument("-i", "--initrd", type=Path, help="initramfs / initrd image")
     p.add_argument("-a", "--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("-m", "--memory", default="256M", help="guest RAM, e.g. 512M or 2G")
@@ -98,6 +100,11 @@ def register(sub: Any) -> None:
         default="pci",
         help="transport for virtio devices (default pci)",
     )
+    p.add_argument(
+        "--test-devices",
+        action="store_true",
+        help="QEMU's test devices: isa-debug-exit at 0xf4 (exit status (v<<1)|1) and pc-testdev",
+    )
     p.add_argument("--no-acpi", action="store_true", help="no ACPI tables (MP table only)")
     p.add_argument(
         "--host-quirks",
@@ -162,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
             host_quirks=HostQuirksMode(args.host_quirks),
             virtio_transport=Transport(args.virtio_transport),
             kvm_path=args.kvm_device,
+            test_devices=args.test_devices,
         ),
         boot=BootSource(args.kernel, args.initrd, args.append),
         console=CharConfig.parse(args.console),

@@ -45,6 +45,8 @@ class MachineConfig:
     kvm_path: str = "/dev/kvm"
     #: Keep KVM's dirty log on every RAM slot (diff snapshots, migration).
     track_dirty_pages: bool = False
+    #: QEMU's isa-debug-exit (0xF4) and pc-testdev, for kvm-unit-tests (vmm/testdevices.py).
+    test_devices: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, bool) or not isinstance(self.memory, int):
@@ -63,3 +65,5 @@ class MachineConfig:
             raise ConfigError("--host-quirks must be auto, on or off")
         if not isinstance(self.virtio_transport, Transport):
             raise ConfigError("--virtio-transport must be pci or mmio")
+        if not isinstance(self.test_devices, bool):
+            raise ConfigError("test_devices must be true or false")

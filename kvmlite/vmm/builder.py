@@ -173,6 +173,10 @@ def assemble(
             uarts.append(backend)
 
         add_legacy_devices(machine, uarts)
+        if mc.test_devices:
+            from kvmlite.vmm.testdevices import add_test_devices  # noqa: PLC0415
+
+            add_test_devices(machine)
         pci = _add_pci(machine)
         wiring = VirtioWiring(machine, gsi_router, pci)
         machine.closers.append(wiring.close)
@@ -195,6 +199,8 @@ def boot(machine: Machine, images: BootImages) -> None:
     config = machine.config
     quirks = hostquirks.resolve(config.machine.host_quirks.value)
     cmdline = " ".join([config.full_cmdline(quirks.cmdline), *machine.cmdline_extra])
+    if images.format == "multiboot":  # its command line is its argv: no Linux options
+        cmdline = config.boot.cmdline
     pci = machine.devices.get("pci", PciRoot)
     # The firmware tables want pins 0..3 (INTA..INTD); PciRoot counts from 1.
     pci_routes = [(r.slot, r.pin - 1, r.gsi) for r in pci.interrupt_routes()]

@@ -2,11 +2,14 @@
 
 It reads the kernel and initrd files (every failure is an ImageError naming
 the path), writes the firmware tables (MP table always, ACPI unless turned
-off), sniffs the kernel format (bzImage by its "HdrS" boot protocol header,
-ELF vmlinux by its magic, booted through the PVH entry) and hands the rest to
-the matching loader. The returned BootPlan goes to ``cpu.apply_boot_state``
-for the BSP (``plan.cpu_state()``); see the module docstrings of bzimage.py
-and pvh.py for what each loader places where, and layout.py for the map.
+off), sniffs the kernel format (bzImage by its "HdrS" boot protocol header;
+a Multiboot kernel by its header magic in the first 8 KiB, checked before ELF
+because kvm-unit-tests' ``*.flat`` are ELF32 files with such a header, and the
+initrd then becomes its one module; ELF vmlinux by its magic, booted through
+the PVH entry) and hands the rest to the matching loader. The returned
+BootPlan goes to ``cpu.apply_boot_state`` for the BSP (``plan.cpu_state()``);
+see the module docstrings of bzimage.py, multiboot.py and pvh.py for what each
+loader places where, and layout.py for the map.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvmlite.arch.x86 import bzimage, elf, layout, mptable, pvh
+from kvmlite.arch.x86 import bzimage, elf, layout, mptable, multiboot, pvh
 from kvmlite.arch.x86.acpi import Ecam, build_acpi_tables
 from kvmlite.arch.x86.bootplan import BootPlan
 from kvmlite.errors import ImageError
@@ -54,18 +57,21 @@ class BootImages:
     name: str
     kernel: bytes
     initrd: bytes | None
-    format: str  # "bzimage" or "elf"
+    format: str  # "bzimage", "multiboot" or "elf"
+    initrd_name: str = ""  # the initrd's path: a Multiboot module's string
 
 
 def kernel_format(data: bytes, name: str) -> str:
     """Which loader takes this kernel; ImageError if none does."""
     if bzimage.is_bzimage(data):
         return "bzimage"
+    if multiboot.is_multiboot(data):
+        return "multiboot"
     if elf.is_elf(data):
         return "elf"
     raise ImageError(
-        f"kernel {name} is neither a bzImage (no 'HdrS' header at 0x202) nor an ELF vmlinux:"
-        " pass arch/x86/boot/bzImage or vmlinux from a kernel build"
+        f"kernel {name} is neither a bzImage (no 'HdrS' header at 0x202), a Multiboot kernel"
+        " nor an ELF vmlinux: pass arch/x86/boot/bzImage or vmlinux from a kernel build"
     )
 
 
@@ -78,7 +84,8 @@ def read_boot_images(
     data = read_image(kernel_path, "kernel")
     fmt = kernel_format(data, name)
     initrd = read_image(initrd_path, "initrd") if initrd_path is not None else None
-    return BootImages(name, data, initrd, fmt)
+    initrd_name = os.fspath(initrd_path) if initrd_path is not None else ""
+    return BootImages(name, data, initrd, fmt, initrd_name)
 
 
 def load_kernel(
@@ -119,4 +126,9 @@ def load_kernel(
 
     if images.format == "bzimage":
         return bzimage.load_bzimage(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
+    if images.format == "multiboot":
+        modules = [(initrd, images.initrd_name)] if initrd is not None else []
+        return multiboot.load_multiboot(
+            memory, data, cmdline, modules, rsdp_addr=rsdp_addr, name=name
+        )
     return pvh.load_pvh(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)

@@ -19,9 +19,9 @@ from kvmlite.memory import PAGE_SIZE, GuestMemory
 class BootPlan:
     """Where everything went, and how the BSP enters the kernel."""
 
-    mode: str  # "long64" (bzImage 64-bit entry) or "pvh32" (PVH ELF entry)
+    mode: str  # "long64" (bzImage 64-bit entry), "pvh32" (PVH ELF entry) or "multiboot32"
     entry: int  # RIP
-    boot_info: int  # RSI (zero page) for long64, EBX (hvm_start_info) for pvh32
+    boot_info: int  # RSI (zero page) for long64, EBX (hvm_start_info / multiboot info) else
     kernel_addr: int
     kernel_end: int  # first byte after the kernel's footprint (including init_size)
     cmdline_addr: int
@@ -34,6 +34,8 @@ class BootPlan:
         """The BSP's register plan for ``cpu.apply_boot_state``."""
         if self.mode == "long64":
             return cpu.plan_long_mode(self.entry, self.boot_info)
+        if self.mode == "multiboot32":
+            return cpu.plan_multiboot32(self.entry, self.boot_info)
         return cpu.plan_protected32(self.entry, self.boot_info)
 
 

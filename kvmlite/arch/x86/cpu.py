@@ -3,8 +3,9 @@
 Follows Documentation/x86/boot.rst ("64-bit Boot Protocol": long mode,
 paging on with an identity map covering the loaded kernel, zero page and
 command line, ``__BOOT_CS`` = 0x10 and ``__BOOT_DS`` = 0x18 flat, RSI =
-zero page) and the PVH boot ABI (xen/include/public/arch-x86/hvm/start_info.h:
-32-bit protected mode, paging off, flat CS/DS/ES/SS, EBX = hvm_start_info).
+zero page), the PVH boot ABI (xen/include/public/arch-x86/hvm/start_info.h:
+32-bit protected mode, paging off, flat CS/DS/ES/SS, EBX = hvm_start_info) and
+Multiboot 0.6.96 §3.2 (the same, plus EAX = 0x2BADB002, EBX = the info).
 Descriptor layout: Intel SDM Vol. 3A §3.4.5; paging: §4.5 (4-level, 2 MiB
 pages, so CPUs without ``pdpe1gb`` work).
 
@@ -19,7 +20,7 @@ their mp_state at the reset default and only the BSP is RUNNABLE.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvmlite.arch.x86 import layout
@@ -53,6 +54,8 @@ KVM_MP_STATE_UNINITIALIZED = 1
 PDPT_ADDR = layout.PML4_ADDR + 0x1000
 PD_ADDR = PDPT_ADDR + 0x1000
 PAGE_DIRECTORIES = 4  # 4 x 512 x 2 MiB = 4 GiB
+#: EAX at a Multiboot kernel's entry (Multiboot 0.6.96 §3.2).
+MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ DATA = Segment(SEL_DATA, type=0x3, db=1)  # read/write, accessed
 class CpuState:
     """Everything ``apply_boot_state`` writes into the BSP."""
 
-    mode: str  # "long64" or "pvh32"
+    mode: str  # "long64", "pvh32" or "multiboot32"
     rip: int
     cs: Segment
     data: Segment  # DS, ES, FS, GS, SS
@@ -159,6 +162,12 @@ def plan_protected32(entry: int, start_info: int) -> CpuState:
         efer=0,
         gprs={"rbx": start_info},
     )
+
+
+def plan_multiboot32(entry: int, info: int) -> CpuState:
+    """Multiboot 0.6.96 §3.2 state: as PVH's, with EAX = 0x2BADB002 and EBX = the info."""
+    gprs = {"rax": MULTIBOOT_BOOTLOADER_MAGIC, "rbx": info}
+    return replace(plan_protected32(entry, info), mode="multiboot32", gprs=gprs)
 
 
 def initial_mp_state(vcpu_index: int) -> int:

@@ -88,8 +88,18 @@ def _parse_notes(blob: memoryview, name: str) -> list[ElfNote]:
     return notes
 
 
-def parse_elf(data: bytes | memoryview, memory: GuestMemory, name: str = "kernel") -> ElfImage:
-    """Validate an executable's headers and segments against the file and ``memory``."""
+def parse_elf(
+    data: bytes | memoryview,
+    memory: GuestMemory,
+    name: str = "kernel",
+    *,
+    min_addr: int = layout.KERNEL_LOAD_ADDR,
+) -> ElfImage:
+    """Validate an executable's headers and segments against the file and ``memory``.
+
+    Segments must lie at or above ``min_addr`` (1 MiB: the boot data is below);
+    a loader that keeps its own data elsewhere checks the overlap itself.
+    """
     data = memoryview(data)
     if len(data) < 16 or not is_elf(data):
         raise ImageError(f"{name} is not an ELF file (no \\x7fELF magic)")
@@ -130,7 +140,7 @@ def parse_elf(data: bytes | memoryview, memory: GuestMemory, name: str = "kernel
             continue
         if filesz > memsz:
             raise ImageError(f"{name}: ELF segment {i} has p_filesz > p_memsz")
-        if paddr < layout.KERNEL_LOAD_ADDR:
+        if paddr < min_addr:
             raise ImageError(
                 f"{name}: ELF segment {i} at {paddr:#x} would overwrite the boot data below 1 MiB"
             )
