@@ -13,6 +13,12 @@ never blocks.
 
 ``fileno()`` is an epoll fd owned by the backend, watching the listening
 socket and the client, so it stays the same while clients come and go.
+
+``write`` runs on a vCPU thread (the guest's UART output) while
+``read_available`` runs on the I/O loop; both send the pending output, so a
+lock (a leaf lock, kvmlite/vmm/locking.py) guards the buffer and the client:
+without it one thread's ``send`` held the buffer while the other resized it
+(BufferError), and input read in that call was lost.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import select
 import socket
 import stat
+import threading
 
 from kvmlite.backends.char.base import CharBackend
 from kvmlite.backends.unix_path import check_unix_path
@@ -40,6 +47,7 @@ class UnixSocketBackend(CharBackend):
         self.server = server
         self._limit = buffer_limit
         self._pending = bytearray()
+        self._lock = threading.RLock()
         self._listener: socket.socket | None = None
         self._client: socket.socket | None = None
         self._ep = select.epoll()
@@ -120,10 +128,11 @@ class UnixSocketBackend(CharBackend):
         return self._ep.fileno() if not self._ep.closed else None
 
     def write(self, data: bytes) -> None:
-        self._pending += data
-        if len(self._pending) > self._limit:
-            del self._pending[: len(self._pending) - self._limit]
-        self._flush()
+        with self._lock:
+            self._pending += data
+            if len(self._pending) > self._limit:
+                del self._pending[: len(self._pending) - self._limit]
+            self._flush()
 
     def _flush(self) -> None:
         if self._client is None or not self._pending:
@@ -138,6 +147,10 @@ class UnixSocketBackend(CharBackend):
         del self._pending[:sent]
 
     def read_available(self) -> bytes:
+        with self._lock:
+            return self._read_available()
+
+    def _read_available(self) -> bytes:
         if self._ep.closed:
             return b""
         out = bytearray()
@@ -164,6 +177,10 @@ class UnixSocketBackend(CharBackend):
         return bytes(out)
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self._detach()
         if self._listener is not None:
             self._listener.close()

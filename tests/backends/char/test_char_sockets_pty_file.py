@@ -170,3 +170,54 @@ def test_parse_specs(tmp_path):
     for bad in ["", "serial", "file:", "unix:", "stdio:x", "pty:1", "file:,append=on", "tcp:1"]:
         with pytest.raises(ConfigError):
             parse_console_spec(bad)
+
+
+def test_unix_output_on_one_thread_input_on_another(tmp_path):
+    """A vCPU thread writes the guest's output while the I/O loop reads input:
+    no BufferError, no input lost (they shared the output buffer unlocked)."""
+    import threading
+
+    path = str(tmp_path / "con.sock")
+    b = UnixSocketBackend(path, buffer_limit=1 << 20)
+    c = socket.socket(socket.AF_UNIX)
+    try:
+        c.connect(path)
+        pump(b, lambda _: b.connected)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            try:
+                while not stop.is_set():
+                    b.write(b"x" * 700)
+            except BaseException as e:
+                errors.append(e)
+
+        def drain() -> None:  # the client keeps reading, so send() keeps running
+            c.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    c.recv(1 << 16)
+                except OSError:
+                    pass
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=drain)]
+        for t in threads:
+            t.start()
+        typed = b""
+        for i in range(300):
+            c.sendall(b"%05d" % i)
+            want = b"".join(b"%05d" % k for k in range(i + 1))
+            try:
+                typed += pump(b, lambda g, w=want: typed + g == w)
+            except BaseException as e:
+                errors.append(e)
+                break
+        stop.set()
+        for t in threads:
+            t.join(5)
+        assert not errors
+        assert typed == b"".join(b"%05d" % k for k in range(300))
+    finally:
+        c.close()
+        b.close()
