@@ -12,13 +12,18 @@ APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
 	passt iproute2 iputils-ping socat curl
 
-.PHONY: run test fuzz bench lint deps apt venv guest clean kvm-unit-tests
+.PHONY: run test test-long fuzz bench lint deps apt venv guest clean kvm-unit-tests
 
 run: deps guest
 	$(VENV)/bin/kvmlite run
 
 test: deps guest lint
-	$(VENV)/bin/pytest -ra
+	$(VENV)/bin/pytest -ra -m "not long"
+
+# The checks that take minutes each here (long schemathesis runs, a full default-guest
+# power-off): run by hand or on a quiet machine.
+test-long: deps guest
+	$(VENV)/bin/pytest -ra -m long
 
 # Every hypothesis test (marker fuzz) with FUZZ_SCALE times its usual examples;
 # a failure prints a reproduction blob (@reproduce_failure). FUZZ_ARGS: more pytest args.

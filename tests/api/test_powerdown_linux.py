@@ -19,6 +19,7 @@ from .vmrig import KvmliteVm, hang_up, poll
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.long,
     # In its one full run (2026-12-07, load 5-7) the guest booted to its shell (the
     # button driver registered "Power Button [PWRF]"), POWERDOWN came, but no
     # poweroff in the 6 minutes after the press; the cause is not found yet.

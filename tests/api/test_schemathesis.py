@@ -8,7 +8,7 @@ every request the definition rejects gets a 4xx and leaves the VM's
 configuration as it was. The VM is not started (the endpoints that need a
 running VM then answer 400, which the definition allows); the runtime side
 is tested with a guest in test_guest_rest.py. A few examples per operation
-here; ``-m slow`` runs many more.
+here; ``make test-long`` (``-m long``) runs many more.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def test_requests_the_definition_rejects(bridge: str, vmm: Any, path: str, metho
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("negative", [False, True])
 @pytest.mark.parametrize(("path", "method"), _params(WITH_INPUT, False))
 def test_many_examples(bridge: str, vmm: Any, path: str, method: str, negative: bool) -> None:
