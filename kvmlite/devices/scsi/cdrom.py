@@ -129,9 +129,9 @@ class ScsiCdrom(ScsiLun):
                 old = self._take_out(force)
             self.medium = medium
             self.tray_open = False
-            self.media_event = mmc.MEDIA_EVENT_NEW_MEDIA
-            self.unit_attention = SENSE_MEDIUM_MAY_HAVE_CHANGED
-            return old
+            self._loaded()
+        self.notify_unit_attention(SENSE_MEDIUM_MAY_HAVE_CHANGED)
+        return old
 
     def eject(self, *, force: bool = False) -> MediumLike | None:
         """Open the tray and take the medium out; returns it (None if there was none).
@@ -140,8 +140,11 @@ class ScsiCdrom(ScsiLun):
         set; the guest then sees an EjectRequest media event.
         """
         with self.lock:
+            was_open = self.tray_open
             old = self._take_out(force)
-            return old
+        if not was_open:
+            self.notify_unit_attention(SENSE_UA_MEDIUM_NOT_PRESENT)
+        return old
 
     def open_tray(self, *, force: bool = False) -> None:
         """Open the tray, leaving the medium in it (QMP blockdev-open-tray)."""
@@ -150,6 +153,7 @@ class ScsiCdrom(ScsiLun):
                 return
             self._check_unlocked(force)
             self._opened()
+        self.notify_unit_attention(SENSE_UA_MEDIUM_NOT_PRESENT)
 
     def close_tray(self) -> None:
         """Close the tray; a medium in it is loaded (QMP blockdev-close-tray)."""
@@ -157,9 +161,14 @@ class ScsiCdrom(ScsiLun):
             if not self.tray_open:
                 return
             self.tray_open = False
-            if self.medium is not None:
-                self.media_event = mmc.MEDIA_EVENT_NEW_MEDIA
-                self.unit_attention = SENSE_MEDIUM_MAY_HAVE_CHANGED
+            if self.medium is None:
+                return
+            self._loaded()
+        self.notify_unit_attention(SENSE_MEDIUM_MAY_HAVE_CHANGED)
+
+    def _loaded(self) -> None:
+        self.media_event = mmc.MEDIA_EVENT_NEW_MEDIA
+        self.unit_attention = SENSE_MEDIUM_MAY_HAVE_CHANGED
 
     def _check_unlocked(self, force: bool) -> None:
         if self.locked and not force:
@@ -243,8 +252,11 @@ class ScsiCdrom(ScsiLun):
         byte4 = cdb.u8(4)
         if byte4 >> 4 or not byte4 & 0x02:  # a power condition, or no LOEJ: nothing to do
             return b""
-        if byte4 & 0x01:  # load: close the tray
-            self.close_tray()
+        if byte4 & 0x01:  # load: close the tray (the guest asked: no unit attention)
+            if self.tray_open:
+                self.tray_open = False
+                if self.medium is not None:
+                    self.media_event = mmc.MEDIA_EVENT_NEW_MEDIA
             return b""
         if self.locked:
             self.media_event = mmc.MEDIA_EVENT_EJECT_REQUEST

@@ -165,6 +165,9 @@ class ScsiLun:
         self.serial = serial
         self.lock = threading.RLock()
         self.unit_attention: Sense | None = None
+        #: Called (outside ``lock``) with the sense of each unit attention the host
+        #: side raises, so a transport can also announce it (virtio-scsi events).
+        self.unit_attention_handler: Callable[[Sense], None] | None = None
         self.handlers: dict[int, Handler] = {
             op.TEST_UNIT_READY: self.cmd_test_unit_ready,
             op.REQUEST_SENSE: self.cmd_request_sense,
@@ -202,8 +205,17 @@ class ScsiLun:
         return ScsiResult(GOOD, data_len=scatter(data_in, out))
 
     def set_unit_attention(self, sense: Sense) -> None:
+        """Raise a unit attention from the host side (capacity changed, new medium...)."""
         with self.lock:
             self.unit_attention = sense
+        self.notify_unit_attention(sense)
+
+    def notify_unit_attention(self, sense: Sense) -> None:
+        # Never under self.lock: the transport's handler takes the device's lock,
+        # and a command runs with the device's lock held before ours.
+        handler = self.unit_attention_handler
+        if handler is not None:
+            handler(sense)
 
     # -- SPC-4 commands every LUN has ------------------------------------------------
 

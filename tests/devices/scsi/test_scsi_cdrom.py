@@ -204,12 +204,16 @@ def test_guest_eject_and_load_keep_the_medium() -> None:
     assert sense_of(run(cd, TUR)[0]) == NOT_READY_OPEN
     assert run(cd, start_stop(0x03))[0].status == GOOD and not cd.tray_open
     assert cd.medium is medium
-    assert sense_of(run(cd, TUR)[0]) == UA_CHANGED
-    assert run(cd, TUR)[0].status == GOOD
+    assert run(cd, TUR)[0].status == GOOD  # the guest moved the tray: no unit attention (QEMU)
+    assert run(cd, gesn())[1][4] == mmc.MEDIA_EVENT_NEW_MEDIA
     assert run(cd, start_stop(0x01))[0].status == GOOD  # START without LOEJ: no tray move
+    seen = []
+    cd.unit_attention_handler = seen.append
     cd.open_tray()
     cd.close_tray()
     assert cd.medium is medium and run(cd, gesn())[1][4] == mmc.MEDIA_EVENT_NEW_MEDIA
+    assert [(s.asc, s.ascq) for s in seen] == [(0x3A, 0), (0x28, 0)]
+    assert sense_of(run(cd, TUR)[0]) == UA_CHANGED
 
 
 def test_mode_sense() -> None:
