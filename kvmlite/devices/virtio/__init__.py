@@ -26,6 +26,7 @@ from kvmlite.devices.virtio.queue import (
     VirtQueueState,
 )
 from kvmlite.devices.virtio.rng import VirtioRng, VirtioRngState
+from kvmlite.devices.virtio.scsi import VirtioScsi, VirtioScsiState
 
 __all__ = [
     "VirtioNet",
@@ -52,5 +53,7 @@ __all__ = [
     "VirtioPciState",
     "VirtioRng",
     "VirtioRngState",
+    "VirtioScsi",
+    "VirtioScsiState",
     "cmdline_fragment",
 ]
