@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # its initramfs, and the independent judges the tests use (QEMU, qemu-img, iasl, cpio).
 APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
-	passt iproute2 iputils-ping socat curl
+	passt iproute2 iputils-ping socat curl xorriso sg3-utils
 
 .PHONY: run test test-long fuzz bench lint deps apt venv guest clean kvm-unit-tests
 
