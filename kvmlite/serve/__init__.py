@@ -8,12 +8,13 @@ front-end (QEMU docs/interop/vhost-user.rst) through
     kvmlite serve rng --socket /tmp/rng.sock
     kvmlite serve net --socket /tmp/net.sock [--queue-size N] user|tap[,...]|socket,listen=P
     kvmlite serve console --socket /tmp/con.sock [stdio|file:P|unix:P|pty|null]
+    kvmlite serve scsi --socket /tmp/scsi.sock [--cdrom ISO|DIR|''] [DISK...]
 
 The process serves front-ends one after another (a front-end that quits or
 dies is replaced by the next one to connect) until SIGINT or SIGTERM.
 Runs as ``kvmlite serve ...`` (``register``/``run``) or
 ``python -m kvmlite.serve ...``.  net and console live in their own
-modules (kvmlite/serve/net.py, console.py).  See docs/vhost-user.md.
+modules (kvmlite/serve/net.py, console.py, scsi.py).  See docs/vhost-user.md.
 """
 
 from __future__ import annotations
@@ -140,12 +141,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--socket", required=True, help="unix socket path to listen on")
     p.set_defaults(func=cmd_rng)
 
-    from kvmlite.serve import console, net  # noqa: PLC0415 - cheap: they import lazily
+    from kvmlite.serve import console, net, scsi  # noqa: PLC0415 - cheap: they import lazily
 
     net.add_parser(sub, _queue_size)
     console.add_parser(sub)
+    scsi.add_parser(sub, _queue_size)
 
-    for name in ("blk", "rng", "net", "console"):
+    for name in ("blk", "rng", "net", "console", "scsi"):
         sub.choices[name].add_argument(
             "-v", "--verbose", action="count", default=0, help="log more (-vv: debug)"
         )

@@ -55,8 +55,9 @@ TYPE_NO_LUN = 0x7F
 
 VENDOR = "KVMLITE"
 REVISION = "1.0"
-#: SPC-4 §6.4.2 VERSION: 0x06 claims SPC-4.
-SPC_VERSION = 0x06
+#: SPC-4 §6.4.2 VERSION: 0x05 claims SPC-3, as QEMU's scsi-hd/scsi-cd do (the
+#: answers are compared field by field with theirs).
+SPC_VERSION = 0x05
 _UA_EXEMPT = frozenset(
     {
         op.INQUIRY,
@@ -270,7 +271,7 @@ class ScsiLun:
                     36 - 5,
                     0,
                     0,
-                    0x02,  # CMDQUE
+                    0x12,  # SYNC (set by QEMU too), CMDQUE
                 ]
             )
             + ascii_field(VENDOR, 8)
