@@ -22,10 +22,10 @@ QEMU_VHOST_USER_SCSI_QUEUE_SIZE = 128
 def cmd_scsi(a: argparse.Namespace) -> int:
     from kvmlite.backends.block import open_image  # noqa: PLC0415 - start-up time
     from kvmlite.backends.block.cdrom import open_medium  # noqa: PLC0415
+    from kvmlite.config import DriveConfig  # noqa: PLC0415
     from kvmlite.devices.scsi import ScsiCdrom, ScsiDisk, ScsiLun, ScsiTarget  # noqa: PLC0415
     from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioScsi  # noqa: PLC0415
     from kvmlite.serve import serve_device  # noqa: PLC0415
-    from kvmlite.vmm.config import DiskConfig  # noqa: PLC0415
 
     if not a.cdrom and not a.disks:
         raise ConfigError("kvmlite serve scsi needs at least one --cdrom or DISK")
@@ -37,8 +37,9 @@ def cmd_scsi(a: argparse.Namespace) -> int:
                 stack.callback(medium.close)
             units.append(ScsiCdrom(medium, serial=f"KVMLITE-CD{i}", name=f"cd{i}"))
         for i, spec in enumerate(a.disks):
-            disk = DiskConfig.parse(spec)
-            image = open_image(str(disk.path), disk.format, disk.read_only, disk.direct)
+            disk = DriveConfig.parse(spec)
+            fmt = disk.format.value if disk.format else None
+            image = open_image(str(disk.path), fmt, disk.read_only, disk.direct)
             stack.callback(image.close)
             units.append(ScsiDisk(image, serial=disk.serial or f"KVMLITE-SD{i}", name=f"sd{i}"))
         executor = ThreadPoolIoExecutor()
