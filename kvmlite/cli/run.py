@@ -10,6 +10,7 @@ from typing import Any
 
 from kvmlite.config import (
     BootSource,
+    CdromConfig,
     CharConfig,
     DriveConfig,
     HostQuirksMode,
@@ -61,7 +62,16 @@ def register(sub: Any) -> None:
         default=[],
         metavar="PATH[,ro][,...]",
         help="virtio-blk disk: PATH[,ro][,direct][,serial=S][,format=raw|qcow2][,queues=N]"
-        "[,aio=threads|native|io_uring] (aio: the I/O engine; default threads)",
+        "[,aio=threads|native|io_uring] (aio: the I/O engine; default threads);"
+        " ,if=scsi puts it on virtio-scsi instead",
+    )
+    p.add_argument(
+        "--cdrom",
+        action="append",
+        default=[],
+        metavar="ISO|DIR|''",
+        help="a CD-ROM drive on virtio-scsi (repeatable): an ISO image, a directory (made"
+        " into an ISO 9660 image with Rock Ridge and Joliet names) or '' for an empty drive",
     )
     p.add_argument(
         "-n",
@@ -175,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         console=CharConfig.parse(args.console),
         serial=tuple(CharConfig.parse(s) for s in args.serial),
         drives=tuple(DriveConfig.parse(d) for d in args.disk),
+        cdroms=tuple(CdromConfig(c) for c in args.cdrom),
         nets=tuple(NetConfig.parse(n) for n in args.net),
         rng=None if args.rng is None else RngConfig(parse_size(args.rng, default_unit="B")),
         virtio_console=console,

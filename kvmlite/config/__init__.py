@@ -13,8 +13,9 @@ snapshots keep beside the machine state.
 """
 
 from kvmlite.config.boot import BootSource
+from kvmlite.config.cdrom import CdromConfig
 from kvmlite.config.char import CharConfig, CharKind
-from kvmlite.config.drive import AioEngine, DriveConfig, ImageFormat
+from kvmlite.config.drive import AioEngine, DriveConfig, DriveInterface, ImageFormat
 from kvmlite.config.machine import HostQuirksMode, MachineConfig, Transport
 from kvmlite.config.net import NetConfig, NetKind
 from kvmlite.config.sizes import MIB, parse_size
@@ -26,7 +27,9 @@ __all__ = [
     "BootSource",
     "CharConfig",
     "CharKind",
+    "CdromConfig",
     "DriveConfig",
+    "DriveInterface",
     "HostQuirksMode",
     "AioEngine",
     "ImageFormat",

@@ -28,10 +28,17 @@ class AioEngine(enum.Enum):
     IO_URING = "io_uring"
 
 
+class DriveInterface(enum.Enum):
+    """What carries the drive to the guest: virtio-blk, or a LUN on virtio-scsi."""
+
+    VIRTIO = "virtio"
+    SCSI = "scsi"
+
+
 @dataclass(frozen=True)
 class DriveConfig:
     """``-d PATH[,ro][,direct][,serial=S][,format=F][,queues=N][,locking=off][,force-share]``
-    ``[,aio=threads|native|io_uring]``.
+    ``[,aio=threads|native|io_uring][,if=virtio|scsi]``.
 
     ``locking=off`` takes no image lock (QEMU's ``file.locking=off``);
     ``force-share`` (with ``ro``) reads an image another process may be
@@ -52,6 +59,7 @@ class DriveConfig:
     force_share: bool = False
     #: None: the host's default engine (docs/block-engines.md).
     aio: AioEngine | None = None
+    interface: DriveInterface = DriveInterface.VIRTIO
 
     def __post_init__(self) -> None:
         if not str(self.path):
@@ -64,6 +72,8 @@ class DriveConfig:
             raise ConfigError(f"disk {self.path}: force-share needs a read-only disk (add ro)")
         if self.id and not _ID.fullmatch(self.id):
             raise ConfigError(f"drive id {self.id!r}: use 1 to 64 letters, digits and _")
+        if self.interface is DriveInterface.SCSI and self.queues != 1:
+            raise ConfigError("queues= is for virtio-blk drives; a SCSI drive is one LUN")
 
     @classmethod
     def parse(cls, spec: str, *, id: str = "") -> DriveConfig:
@@ -89,12 +99,14 @@ class DriveConfig:
                 opts["force_share"] = value != "off"
             elif key == "aio" and value in {e.value for e in AioEngine}:
                 opts["aio"] = AioEngine(value)
+            elif key == "if" and value in ("virtio", "scsi"):
+                opts["interface"] = DriveInterface(value)
             else:
                 raise ConfigError(
                     f"bad disk option {opt!r} in {spec!r}: "
                     "known options are ro, direct, serial=S, format=raw|qcow2, "
                     f"queues=1..{MAX_QUEUES}, locking=on|off, force-share, "
-                    "aio=threads|native|io_uring"
+                    "aio=threads|native|io_uring, if=virtio|scsi"
                 )
         return cls(Path(parts[0]), id=id, **opts)  # type: ignore[arg-type]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmlite.config.boot import BootSource
+from kvmlite.config.cdrom import CdromConfig
 from kvmlite.config.char import CharConfig, CharKind
 from kvmlite.config.drive import DriveConfig
 from kvmlite.config.machine import MachineConfig
@@ -63,15 +64,18 @@ class VmConfig:
     nets: tuple[NetConfig, ...] = ()
     rng: RngConfig | None = None
     virtio_console: VirtioConsoleConfig | None = None
+    #: CD-ROM drives (``--cdrom``), LUNs 0.. of the virtio-scsi adapter, before SCSI disks.
+    cdroms: tuple[CdromConfig, ...] = ()
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and stored as tuples (frozen all the way down).
-        for name in ("serial", "drives", "nets"):
+        for name in ("serial", "drives", "nets", "cdroms"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.serial) > MAX_EXTRA_SERIAL:
             raise ConfigError("at most 3 --serial ports (COM2..COM4); COM1 is the --console")
         ids = [d.id for d in self.drives if d.id] + [n.id for n in self.nets if n.id]
+        ids += [c.id for c in self.cdroms if c.id]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"device ids must be unique: {', '.join(sorted(ids))}")
         macs = [n.mac or default_mac(i) for i, n in enumerate(self.active_nets)]
@@ -89,6 +93,8 @@ class VmConfig:
             self.boot.check_host(self.machine.memory)
         for drive in self.drives:
             drive.check_host()
+        for cdrom in self.cdroms:
+            cdrom.check_host()
 
     def full_cmdline(self, extra: str = "") -> str:
         """The kernel command line: defaults, then the user's, then host quirks."""

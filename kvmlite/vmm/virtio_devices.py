@@ -1,4 +1,4 @@
-"""The virtio devices of a machine: disks, NICs, entropy, console (in PCI slot order)."""
+"""The virtio devices of a machine: disks, SCSI, NICs, entropy, console (in PCI slot order)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
     from kvmlite.backends.block import open_image  # noqa: PLC0415
     from kvmlite.backends.block.engines import open_engine  # noqa: PLC0415
     from kvmlite.backends.char import open_char  # noqa: PLC0415
+    from kvmlite.config.drive import DriveInterface  # noqa: PLC0415
     from kvmlite.devices.virtio import VirtioBlock, VirtioConsole, VirtioRng  # noqa: PLC0415
+    from kvmlite.vmm.scsi_devices import add_scsi  # noqa: PLC0415
 
     config = machine.config
     for n, drive in enumerate(config.drives):
+        if drive.interface is not DriveInterface.VIRTIO:
+            continue  # on virtio-scsi: add_scsi below
         backend = open_image(
             str(drive.path),
             drive.format.value if drive.format else None,
@@ -48,6 +52,7 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
             backend, serial=drive.serial or "", num_queues=drive.queues, executor=executor
         )
         wiring.add(drive_id(n, drive.id), blk)
+    add_scsi(machine, wiring)
     add_networks(machine, wiring)
     if config.rng is not None:
 
