@@ -222,7 +222,8 @@ class ScsiCdrom(ScsiLun):
             return 0
         assert self.medium is not None
         try:
-            n = self.medium.readv(cdb.lba * mmc.CD_BLOCK, limit_views(din, want))
+            views = list(din) if want == have else limit_views(din, want)
+            n = self.readv(self.medium, cdb.lba * mmc.CD_BLOCK, views)
         except OSError as e:
             raise CdbError(SENSE_UNRECOVERED_READ_ERROR, f"read failed: {e}") from e
         if n != want:

@@ -128,11 +128,14 @@ class ScsiDisk(ScsiLun):
         views = limit_views([memoryview(b) for b in bufs], want)
         try:
             if write:
-                n = self.backend.writev(cdb.lba * BLOCK, views)
-                if cdb.opcode in _RW_FUA and cdb.u8(1) & _FUA:
+                fua = cdb.opcode in _RW_FUA and bool(cdb.u8(1) & _FUA)
+                if fua:
+                    self.blocking()
+                n = self.writev(self.backend, cdb.lba * BLOCK, views)
+                if fua:
                     self.backend.flush()
             else:
-                n = self.backend.readv(cdb.lba * BLOCK, views)
+                n = self.readv(self.backend, cdb.lba * BLOCK, views)
         except OSError as e:
             raise CdbError(SENSE_WRITE_ERROR if write else SENSE_UNRECOVERED_READ_ERROR) from e
         if n != want:
@@ -148,6 +151,7 @@ class ScsiDisk(ScsiLun):
     def cmd_sync(self, cdb: Cdb, din: object, dout: object) -> bytes:
         self._range(cdb.lba, cdb.blocks)
         if not self.read_only:
+            self.blocking()
             with self._write_errors():
                 self.backend.flush()
         return b""
@@ -180,6 +184,7 @@ class ScsiDisk(ScsiLun):
                 raise CdbError(SENSE_INVALID_FIELD_IN_PARAMETER_LIST)
             self._range(lba, count)
             ranges.append((lba, count))
+        self.blocking()
         for lba, count in ranges:
             if count:
                 with self._write_errors():
@@ -201,6 +206,7 @@ class ScsiDisk(ScsiLun):
                 raise Overrun(BLOCK, buffers_len(dout))
             pattern = gather(dout, BLOCK)
         offset, length = cdb.lba * BLOCK, cdb.blocks * BLOCK
+        self.blocking()
         if not any(pattern):
             with self._write_errors():
                 self.backend.write_zeroes(offset, length, unmap=unmap)

@@ -96,6 +96,10 @@ class ScsiResult:
     overrun: bool = False
 
 
+class WouldBlock(Exception):
+    """A non-blocking attempt (``execute(nowait=True)``) needs blocking I/O."""
+
+
 class Overrun(CdbError):
     """The transfer the CDB asks for does not fit the initiator's buffers."""
 
@@ -169,6 +173,7 @@ class ScsiLun:
         #: Called (outside ``lock``) with the sense of each unit attention the host
         #: side raises, so a transport can also announce it (virtio-scsi events).
         self.unit_attention_handler: Callable[[Sense], None] | None = None
+        self._nowait = False
         self.handlers: dict[int, Handler] = {
             op.TEST_UNIT_READY: self.cmd_test_unit_ready,
             op.REQUEST_SENSE: self.cmd_request_sense,
@@ -182,9 +187,18 @@ class ScsiLun:
         cdb: bytes,
         data_in: Sequence[memoryview] = (),
         data_out: Sequence[memoryview | bytes] = (),
-    ) -> ScsiResult:
-        """Run one command; never raises for anything the initiator sent."""
+        *,
+        nowait: bool = False,
+    ) -> ScsiResult | None:
+        """Run one command; never raises for anything the initiator sent.
+
+        ``nowait``: only if no backend call would block (the data is in the
+        host's page cache); None when it would, and then nothing has changed,
+        so the caller runs the command again, blocking, on an I/O thread
+        (as virtio-blk does with ``readv_nowait``).
+        """
         with self.lock:
+            self._nowait = nowait
             try:
                 parsed = parse_cdb(cdb)
                 if self.unit_attention is not None and parsed.opcode not in _UA_EXEMPT:
@@ -194,6 +208,8 @@ class ScsiLun:
                 if handler is None:
                     raise CdbError(SENSE_INVALID_OPCODE, f"opcode {parsed.opcode:#04x}")
                 out = handler(parsed, data_in, data_out)
+            except WouldBlock:
+                return None
             except Overrun as e:
                 return ScsiResult(CHECK_CONDITION, e.sense.fixed(), overrun=True)
             except CdbError as e:
@@ -201,9 +217,36 @@ class ScsiLun:
             except Exception:  # a backend failure or a bug of ours: the initiator sees an error
                 log.exception("%s: command %s failed", self.name, bytes(cdb[:16]).hex())
                 return check_condition(SENSE_INTERNAL_TARGET_FAILURE)
+            finally:
+                self._nowait = False
         if isinstance(out, int):
             return ScsiResult(GOOD, data_len=out)
         return ScsiResult(GOOD, data_len=scatter(data_in, out))
+
+    # -- backend I/O, blocking or not -----------------------------------------------
+
+    def blocking(self) -> None:
+        """Call before backend work that has no non-blocking form (flush, discard)."""
+        if self._nowait:
+            raise WouldBlock
+
+    def readv(self, backend: object, offset: int, views: list[memoryview]) -> int:
+        if self._nowait:
+            attempt = getattr(backend, "readv_nowait", None)
+            n = attempt(offset, views) if attempt is not None else None
+            if n is None:
+                raise WouldBlock
+            return int(n)
+        return int(backend.readv(offset, views))  # type: ignore[attr-defined]
+
+    def writev(self, backend: object, offset: int, views: list[memoryview]) -> int:
+        if self._nowait:
+            attempt = getattr(backend, "writev_nowait", None)
+            n = attempt(offset, views) if attempt is not None else None
+            if n is None:
+                raise WouldBlock
+            return int(n)
+        return int(backend.writev(offset, views))  # type: ignore[attr-defined]
 
     def set_unit_attention(self, sense: Sense) -> None:
         """Raise a unit attention from the host side (capacity changed, new medium...)."""

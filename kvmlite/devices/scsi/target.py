@@ -76,14 +76,18 @@ class ScsiTarget:
         cdb: bytes,
         data_in: Sequence[memoryview] = (),
         data_out: Sequence[memoryview | bytes] = (),
-    ) -> ScsiResult:
-        """Run ``cdb`` on ``lun`` (None: an address this target cannot decode)."""
+        *,
+        nowait: bool = False,
+    ) -> ScsiResult | None:
+        """Run ``cdb`` on ``lun`` (None: an address this target cannot decode).
+
+        ``nowait``: see ``ScsiLun.execute`` (None: retry it blocking)."""
         unit = self.luns.get(lun) if lun is not None else None
         opcode = cdb[0] if len(cdb) else None
         if opcode == op.REPORT_LUNS:
             return self._report_luns(cdb, data_in)
         if unit is not None:
-            return unit.execute(cdb, data_in, data_out)
+            return unit.execute(cdb, data_in, data_out, nowait=nowait)
         if opcode == op.INQUIRY:
             try:
                 parsed = parse_cdb(cdb)

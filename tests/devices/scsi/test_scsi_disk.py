@@ -135,3 +135,18 @@ def test_state_round_trip() -> None:
     other.restore(state)
     assert sense_of(run(other, bytes(6))[0]) == (0x6, 0x2A, 0x09)
     assert run(other, bytes(6))[0].status == GOOD
+
+
+def test_nowait_attempt() -> None:
+    backend = MemDisk(SIZE)
+    disk = ScsiDisk(backend)
+    buf = bytearray(512)
+    assert disk.execute(cdb10(op.READ_10, 0, 1), [memoryview(buf)], nowait=True) is None
+    assert disk.execute(cdb10(op.SYNCHRONIZE_CACHE_10), nowait=True) is None
+    assert backend.flushes == 0  # nothing ran: the caller retries blocking
+    assert disk.execute(bytes(6), nowait=True).status == GOOD  # type: ignore[union-attr]
+    backend.readv_nowait = backend.readv  # type: ignore[attr-defined]
+    backend.data[:4] = b"abcd"
+    r = disk.execute(cdb10(op.READ_10, 0, 1), [memoryview(buf)], nowait=True)
+    assert r is not None and r.status == GOOD and buf[:4] == b"abcd"
+    assert disk.execute(cdb10(op.READ_10, 0, 1), [memoryview(buf)]).status == GOOD  # type: ignore[union-attr]
