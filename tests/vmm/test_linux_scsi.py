@@ -76,7 +76,7 @@ def test_cdrom_media_change_and_scsi_disk(tmp_path: Path) -> None:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args([
         "run", "-k", str(guest.vmlinux), "-i", str(guest.initrd), "-m", "128M",
-        "--console", f"unix:{con}", "-a", "quiet block.events_dfl_poll_msecs=1000",
+        "--console", f"unix:{con}", "-a", "block.events_dfl_poll_msecs=1000",
         "--cdrom", str(tmp_path / "drivers"), "--cdrom", "", "-d", f"{disk},if=scsi",
     ])  # fmt: skip
     vmm = Vmm(config_from_args(args))
