@@ -47,6 +47,8 @@ def add_scsi(machine: Machine, wiring: VirtioWiring) -> None:
             drive.format.value if drive.format else None,
             read_only=drive.read_only,
             direct=drive.direct,
+            locking=drive.locking,
+            force_share=drive.force_share,
         )
         machine.closers.append(backend.close)
         ident = drive_id(n, drive.id)

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvmlite.devices.persist import Persist
 from kvmlite.devices.scsi import ScsiLun, ScsiResult, ScsiTarget, ScsiTargetState, Sense
 from kvmlite.devices.scsi.cdrom import ScsiCdrom
 from kvmlite.devices.scsi.sense import CHECK_CONDITION
@@ -109,7 +110,7 @@ class VirtioScsiState:
     inflight: tuple[tuple[int, int], ...]
 
 
-class VirtioScsi(VirtioDevice):
+class VirtioScsi(VirtioDevice, Persist[VirtioScsiState]):
     """A virtio-scsi host adapter with one target."""
 
     device_type = VIRTIO_ID_SCSI
@@ -428,7 +429,7 @@ class VirtioScsi(VirtioDevice):
                 inflight=tuple(sorted(self.inflight)),
             )
 
-    def restore(self, state: VirtioScsiState) -> None:
+    def load_state(self, state: VirtioScsiState) -> None:
         with self.lock:
             for qi, _ in state.inflight:
                 if not FIRST_REQUEST_QUEUE <= qi < self.num_queues:

@@ -255,11 +255,9 @@ def test_state_round_trip_with_inflight_request() -> None:
     assert len(state.inflight) == 1 and state.pending_events
     qstates = [q.save() for q in dev.queues]
 
-    dev2 = VirtioScsi(ScsiTarget({0: ScsiCdrom(iso(64)), 1: ScsiDisk(MemBlockBackend(1 << 20))}))
-    dev2.restore(state)
-    queues = [VirtQueue(q.max_size) for q in qstates]
-    for q, s in zip(queues, qstates, strict=True):
-        q.restore(s)
+    target2 = ScsiTarget({0: ScsiCdrom(iso(64)), 1: ScsiDisk(MemBlockBackend(1 << 20))})
+    dev2 = VirtioScsi.restore({"target": target2}, state)
+    queues = [VirtQueue.restore({"max_size": q.max_size}, q) for q in qstates]
     irqs = [RecordingInterrupt() for _ in queues]
     assert dev.memory is not None
     dev2.activate(dev.memory, queues, irqs, RecordingInterrupt())
