@@ -74,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction, queue_size: object) -> None:
     )
     p.add_argument(
         "--queue-size",
-        type=queue_size,  # type: ignore[arg-type]
+        type=queue_size,
         default=QEMU_VHOST_USER_SCSI_QUEUE_SIZE,
         metavar="N",
         help="ring entries per queue; must equal QEMU's virtqueue_size= "
