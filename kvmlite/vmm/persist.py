@@ -85,13 +85,19 @@ def state_type(part: Persist[Any]) -> type:
 
 
 def _parts(machine: Machine) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
-    """(id, object, entry) of every stateful device, then of every stateful transport."""
-    devices, transports = [], []
+    """(id, object, entry) of every stateful device, then of every stateful transport.
+
+    Each object once: entries may share one (a SCSI adapter is the transport of
+    every LUN entry and an entry of its own), and its state is saved and loaded
+    (in-flight requests re-submitted) exactly once, at its first entry."""
+    devices: list[tuple[str, Any, Any]] = []
+    transports: list[tuple[str, Any, Any]] = []
+    seen: set[int] = set()
     for entry in machine.devices:
-        if isinstance(entry.model, Persist):
-            devices.append((entry.id, entry.model, entry))
-        if isinstance(entry.transport, Persist):
-            transports.append((entry.id, entry.transport, entry))
+        for obj, parts in ((entry.model, devices), (entry.transport, transports)):
+            if isinstance(obj, Persist) and id(obj) not in seen:
+                seen.add(id(obj))
+                parts.append((entry.id, obj, entry))
     return devices, transports
 
 

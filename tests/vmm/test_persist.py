@@ -143,3 +143,41 @@ def test_restore_asks_each_nic_to_announce_itself() -> None:
     announce_nics(SimpleNamespace(devices=devices))  # type: ignore[arg-type]
     status = int.from_bytes(nic.read_config(6, 2), "little")
     assert nic.announce_pending and status & VIRTIO_NET_S_ANNOUNCE
+
+
+def test_a_machine_with_cdroms_saves_each_part_once_and_restores(tmp_path: Path) -> None:
+    """The SCSI adapter is the transport of every LUN entry as well as an entry of
+    its own: its state (with any in-flight request) is saved and loaded once."""
+    from kvmlite.config.cdrom import CdromConfig
+
+    iso_dir = tmp_path / "disc"
+    iso_dir.mkdir()
+    (iso_dir / "readme.txt").write_text("hello\n")
+
+    def config(console: Path):  # noqa: ANN202
+        return dataclasses.replace(
+            counter_config(tmp_path, console),
+            cdroms=(CdromConfig(str(iso_dir)), CdromConfig("")),
+        )
+
+    con_a, con_b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a = build_vm(config(con_a))
+    try:
+        a.start()
+        wait_for_lines(con_a, 2)
+        a.pause()
+        saved = save_machine(a)
+        kinds = [p.kind for p in saved.devices + saved.transports]
+        assert kinds.count("VirtioScsi") == 1
+        b = assemble(config(con_b))
+        try:
+            copy_memory(a, b)
+            restore(b, serial.loads(MachineState, serial.dumps(saved)))
+            b.start()
+            wait_for_lines(con_b, 2)
+            b.pause()
+            assert_one_count(con_a.read_text(), con_b.read_text())
+        finally:
+            stop(b)
+    finally:
+        stop(a)
