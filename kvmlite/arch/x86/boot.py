@@ -100,6 +100,7 @@ def load_kernel(
     ecam: Ecam | None = None,
     mmio32: tuple[int, int] = (layout.PCI_HOLE_START, layout.PCI_MMIO32_END),
     mmio64: tuple[int, int] | None = None,
+    screen_info: bytes = b"",
 ) -> BootPlan:
     """Place firmware tables, kernel, initrd and command line; return the boot plan.
 
@@ -107,7 +108,8 @@ def load_kernel(
     read before. ``pci_routes`` are (device, pin 0..3, IOAPIC pin = GSI) rows
     for the MP table and the DSDT's ``_PRT``; ``ecam`` adds an MCFG; ``mmio32``
     is the PCI root bridge's 32-bit window and ``mmio64`` an optional 64-bit
-    one (inclusive bounds).
+    one (inclusive bounds). ``screen_info`` (a framebuffer; bzImage only: PVH
+    has no field for it) goes into the zero page.
     """
     if isinstance(kernel_path, BootImages):
         images = kernel_path
@@ -125,7 +127,9 @@ def load_kernel(
         rsdp_addr = tables.rsdp_addr
 
     if images.format == "bzimage":
-        return bzimage.load_bzimage(memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name)
+        return bzimage.load_bzimage(
+            memory, data, cmdline, initrd, rsdp_addr=rsdp_addr, name=name, screen_info=screen_info
+        )
     if images.format == "multiboot":
         modules = [(initrd, images.initrd_name)] if initrd is not None else []
         return multiboot.load_multiboot(

@@ -117,8 +117,12 @@ def load_bzimage(
     *,
     rsdp_addr: int = 0,
     name: str = "kernel",
+    screen_info: bytes = b"",
 ) -> BootPlan:
-    """Place a bzImage, its command line and initrd; build the zero page."""
+    """Place a bzImage, its command line and initrd; build the zero page.
+
+    ``screen_info``: up to 0x40 bytes for the zero page's first field (a framebuffer).
+    """
     image = parse_setup_header(data, name)
     hdr = image.header
     low_top = layout.low_ram_top(memory)
@@ -145,6 +149,8 @@ def load_bzimage(
     ctypes.memmove(
         ctypes.addressof(params) + SETUP_HEADER_OFFSET, image.header_bytes, len(image.header_bytes)
     )
+    if screen_info:
+        ctypes.memmove(ctypes.addressof(params), screen_info, min(len(screen_info), 0x40))
     p = params.hdr
     p.vid_mode = 0xFFFF  # "normal"
     p.type_of_loader = LOADER_UNDEFINED
