@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmlite.devices.irq import IrqLine, NoInterrupt
+from kvmlite.devices.legacy import scancodes
 from kvmlite.devices.persist import Persist
 
 I8042_DATA_PORT = 0x60
@@ -166,9 +167,8 @@ class I8042(Persist[I8042State]):
     def translating(self) -> bool:
         """Whether the guest left set-2 -> set-1 translation on (command byte bit 6).
 
-        This model does not translate: when this is True the caller of
-        ``push_keyboard`` sends set-1 scan codes (what Linux's atkbd expects
-        then), else codes in ``scan_set``.
+        ``key()`` translates (set 2 -> set 1) when this is True, as a PC's
+        8042 does; ``push_keyboard`` queues raw bytes untranslated.
         """
         return bool(self._ctr & I8042_CTR_XLATE)
 
@@ -177,12 +177,29 @@ class I8042(Persist[I8042State]):
         """The scan code set the guest selected on the keyboard (0xF0 command)."""
         return self._scan_set
 
-    def push_keyboard(self, scancodes: bytes) -> None:
-        """Queue bytes from the keyboard (see ``translating`` for which code set)."""
+    def key(self, keycode: int, down: bool) -> None:
+        """A key pressed or released (set-1 number, +0x80 for 0xE0 keys; see scancodes.py).
+
+        The keyboard sends it in its scan code set (2 unless the guest chose 1;
+        set 3 is answered as set 2), and the controller translates it to set 1
+        when the command byte says so. Unknown key numbers are ignored.
+        """
+        if not scancodes.known(keycode):
+            return
+        if self._scan_set == 1:
+            data = scancodes.set1_bytes(keycode, down)
+        else:
+            data = scancodes.set2_bytes(keycode, down)
+        if self.translating:
+            data = scancodes.translate(data)
+        self.push_keyboard(data)
+
+    def push_keyboard(self, data: bytes) -> None:
+        """Queue bytes from the keyboard as they are (``key()`` makes them from a key)."""
         if not self._kbd_enabled:
             return  # a disabled keyboard does not scan
         room = KBD_QUEUE_LIMIT - len(self._kbd_queue)
-        self._kbd_queue.extend(scancodes[: max(room, 0)])
+        self._kbd_queue.extend(data[: max(room, 0)])
         self._fill()
 
     # -- guest side ----------------------------------------------------------------
