@@ -20,6 +20,7 @@ from kvmlite.config import (
     Transport,
     VirtioConsoleConfig,
     VmConfig,
+    VncConfig,
     parse_size,
 )
 from kvmlite.errors import ConfigError
@@ -159,6 +160,14 @@ def register(sub: Any) -> None:
         help="the VM's resources from a Firecracker config file (JSON; docs/api.md): they "
         "replace -k/-i/-a/-m/-c/-d/-n; the other options still apply",
     )
+    p.add_argument(
+        "--vnc",
+        metavar="ADDR",
+        help="a framebuffer served over VNC on :N (loopback, port 5900+N), HOST:N or unix:PATH",
+    )
+    p.add_argument("--vnc-password-file", type=Path, metavar="FILE",
+                   help="VNC password: the first line of FILE (8 bytes are used)")  # fmt: skip
+    p.add_argument("--vnc-size", default="800x600", metavar="WxH", help="framebuffer size")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -189,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         nets=tuple(NetConfig.parse(n) for n in args.net),
         rng=None if args.rng is None else RngConfig(parse_size(args.rng, default_unit="B")),
         virtio_console=console,
+        vnc=_vnc(args),
     )
 
 
@@ -205,6 +215,17 @@ def _check_restore_args(args: argparse.Namespace) -> None:
     if given:
         names = ", ".join("--" + o.replace("_", "-") for o in given)
         raise ConfigError(f"--restore takes the machine from the snapshot: drop {names}")
+
+
+def _vnc(args: argparse.Namespace) -> VncConfig | None:
+    if args.vnc is None:
+        if args.vnc_password_file is not None:
+            raise ConfigError("--vnc-password-file needs --vnc")
+        return None
+    w, sep, h = args.vnc_size.partition("x")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise ConfigError(f"--vnc-size {args.vnc_size!r}: expected WIDTHxHEIGHT, e.g. 800x600")
+    return VncConfig(args.vnc, args.vnc_password_file, int(w), int(h))
 
 
 def _port(spec: str) -> tuple[str, str]:

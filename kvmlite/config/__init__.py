@@ -20,6 +20,7 @@ from kvmlite.config.machine import HostQuirksMode, MachineConfig, Transport
 from kvmlite.config.net import NetConfig, NetKind
 from kvmlite.config.sizes import MIB, parse_size
 from kvmlite.config.vm import DEFAULT_CMDLINE, RngConfig, VirtioConsoleConfig, VmConfig
+from kvmlite.config.vnc import VncConfig
 
 __all__ = [
     "DEFAULT_CMDLINE",
@@ -40,5 +41,6 @@ __all__ = [
     "Transport",
     "VirtioConsoleConfig",
     "VmConfig",
+    "VncConfig",
     "parse_size",
 ]

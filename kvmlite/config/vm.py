@@ -13,6 +13,7 @@ from kvmlite.config.char import CharConfig, CharKind
 from kvmlite.config.drive import DriveConfig
 from kvmlite.config.machine import MachineConfig
 from kvmlite.config.net import NetConfig, NetKind, default_mac
+from kvmlite.config.vnc import VncConfig
 from kvmlite.errors import ConfigError, StateError
 
 #: Put first on the command line unless the user's own sets a console.
@@ -66,6 +67,8 @@ class VmConfig:
     virtio_console: VirtioConsoleConfig | None = None
     #: CD-ROM drives (``--cdrom``), LUNs 0.. of the virtio-scsi adapter, before SCSI disks.
     cdroms: tuple[CdromConfig, ...] = ()
+    #: A VNC console (framebuffer, tablet, server); None builds none of it.
+    vnc: VncConfig | None = None
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and stored as tuples (frozen all the way down).
@@ -95,6 +98,8 @@ class VmConfig:
             drive.check_host()
         for cdrom in self.cdroms:
             cdrom.check_host()
+        if self.vnc is not None:
+            self.vnc.check_host()
 
     def full_cmdline(self, extra: str = "") -> str:
         """The kernel command line: defaults, then the user's, then host quirks."""

@@ -181,7 +181,14 @@ def assemble(
         wiring = VirtioWiring(machine, gsi_router, pci)
         machine.closers.append(wiring.close)
         add_virtio_devices(machine, wiring)
-        pci.allocate_bars(mmio32=PCI_BAR_WINDOW)
+        bar_window = PCI_BAR_WINDOW
+        if config.vnc is not None:
+            from kvmlite.devices.display.framebuffer import FRAMEBUFFER_GPA  # noqa: PLC0415
+            from kvmlite.vmm.vnc import add_vnc  # noqa: PLC0415
+
+            add_vnc(machine, config.vnc, wiring)
+            bar_window = (PCI_BAR_WINDOW[0], FRAMEBUFFER_GPA - PCI_BAR_WINDOW[0])
+        pci.allocate_bars(mmio32=bar_window)
         pci.connect_intx(lambda gsi: KvmIrqLine(vm, gsi))
         machine.cmdline_extra = list(wiring.cmdline)
         _create_vcpus(machine, features, undo)
@@ -214,6 +221,7 @@ def boot(machine: Machine, images: BootImages) -> None:
         pci_routes=pci_routes,
         ecam=Ecam(ECAM_BASE, last_bus=0),
         mmio32=(PCI_HOLE_START, MMIO_BASE - 1),
+        screen_info=_screen_info(machine),
     )
     machine.cmdline = cmdline
     apply_boot_state(machine.vcpus[0], machine.boot_plan.cpu_state())
@@ -247,6 +255,16 @@ def _create_vcpus(machine: Machine, features: FeatureOverrides, undo: contextlib
         vcpu.set_msrs(msrs)
         vcpu.set_mp_state(initial_mp_state(index))
         _setup_lapic(vcpu)
+
+
+def _screen_info(machine: Machine) -> bytes:
+    """The framebuffer's description for the zero page (bzImage boots), if there is one."""
+    if machine.config.vnc is None:
+        return b""
+    from kvmlite.vmm.vnc import screen_info  # noqa: PLC0415
+
+    info = screen_info(machine)
+    return bytes(info) if info is not None else b""
 
 
 def _run_closers(machine: Machine) -> None:

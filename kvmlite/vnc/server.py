@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kvmlite.config.vnc import VncAddress
 from kvmlite.errors import ConfigError
 from kvmlite.vnc import rfb
 from kvmlite.vnc.auth import AuthThrottle
@@ -39,7 +40,6 @@ from kvmlite.vnc.keymap import keysym_to_key, qemu_keycode_to_key
 
 log = logging.getLogger(__name__)
 
-VNC_BASE_PORT = 5900
 MAX_VIEWERS = 16
 UPDATE_RATE_HZ = 30.0
 RECV_SIZE = 65536
@@ -58,34 +58,6 @@ class Loop(Protocol):
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_reader(self, fd: int) -> None: ...
     def call_later(self, delay: float, callback: Callable[[], None]) -> object: ...
-
-
-@dataclass(frozen=True)
-class VncAddress:
-    """Where to listen: TCP host and port, or a unix socket path."""
-
-    host: str = "127.0.0.1"
-    port: int = VNC_BASE_PORT
-    path: str | None = None
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port - VNC_BASE_PORT}"
-
-
-def parse_vnc_address(spec: str) -> VncAddress:
-    """QEMU's -vnc syntax: ``:N`` (loopback), ``HOST:N``, ``[V6]:N``, ``unix:PATH``."""
-    if spec.startswith("unix:"):
-        if not spec[5:]:
-            raise ConfigError("--vnc unix:PATH needs a path")
-        return VncAddress(path=spec[5:])
-    host, sep, display = spec.rpartition(":")
-    if not sep or not display.isdigit():
-        raise ConfigError(f"--vnc {spec!r}: expected :N, HOST:N or unix:PATH (N = display number)")
-    number = int(display)
-    if not 0 <= number <= 65535 - VNC_BASE_PORT:
-        raise ConfigError(f"--vnc {spec!r}: display {number} is out of range")
-    host = host.strip("[]") or "127.0.0.1"
-    return VncAddress(host=host, port=VNC_BASE_PORT + number)
 
 
 @dataclass(eq=False)

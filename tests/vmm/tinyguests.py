@@ -22,18 +22,18 @@ def pvh_guest(name: str, out: Path) -> Path:
     return build_guest(HERE / f"{name}.c", out, kind="pvh", kit_dir=GUEST_DIR)
 
 
-def bzimage_guest(out: Path) -> Path:
-    """bzhello.c behind bzentry.S, wrapped in a bzImage setup header."""
+def bzimage_guest(out: Path, name: str = "bzhello") -> Path:
+    """``name``.c (bzhello.c) behind bzentry.S, wrapped in a bzImage setup header."""
     objs = []
-    for src in (HERE / "bzentry.S", GUEST_DIR / "lib.c", HERE / "bzhello.c"):
-        obj = out / f"bz.{src.stem}.o"
+    for src in (HERE / "bzentry.S", GUEST_DIR / "lib.c", HERE / f"{name}.c"):
+        obj = out / f"{name}.{src.stem}.o"
         _sh(["gcc", *CFLAGS, f"-I{GUEST_DIR}", "-c", str(src), "-o", str(obj)])
         objs.append(str(obj))
-    elf = out / "bz.elf"
+    elf = out / f"{name}.elf"
     _sh(["ld", *LDFLAGS, "-T", str(GUEST_DIR / "guest.ld"), "-o", str(elf), *objs])
-    flat = out / "bz.bin"
+    flat = out / f"{name}.bin"
     _sh(["objcopy", "-O", "binary", str(elf), str(flat)])
-    image = out / "bzImage"
+    image = out / f"{name}.bzImage"
     # Not relocatable: the image is linked to run at 1 MiB.
     image.write_bytes(make_bzimage(kernel=flat.read_bytes(), relocatable=0))
     return image

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from kvmlite.config.vnc import VncAddress, parse_vnc_address
 from kvmlite.errors import ConfigError
-from kvmlite.vmm.eventloop import EventLoop
+from kvmlite.eventloop import EventLoop
 from kvmlite.vnc.encodings import TILE
-from kvmlite.vnc.server import VncAddress, VncServer, parse_vnc_address
+from kvmlite.vnc.server import VncServer
 
 from . import fakeclient as fc
 from . import judge
