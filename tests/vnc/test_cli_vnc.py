@@ -59,7 +59,8 @@ def test_password_file_guards_the_console(halt_guest, tmp_path) -> None:
     pw.write_text("hunter2\n")
     sock = tmp_path / "vnc.sock"
     argv = [sys.executable, "-m", "kvmlite.cli", "run", "--console", "null", "-k",
-            str(halt_guest), "-m", "32", "--vnc", f"unix:{sock}", "--vnc-password-file", str(pw)]  # fmt: skip
+            str(halt_guest), "-m", "32", "--vnc", f"unix:{sock}",
+            "--vnc-password-file", str(pw)]  # fmt: skip
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         end = time.monotonic() + 60
