@@ -299,3 +299,19 @@ def test_bell_and_server_cut_text() -> None:
     connect_rest.bell()
     connect_rest.send_cut_text(b"xy")
     assert connect_rest.data_to_send() == b"\x02" + struct.pack("!BxxxI", 3, 2) + b"xy"
+
+
+def test_zrle_subencoding_choice() -> None:
+    from kvmlite.vnc.encodings import encode_tile
+    from kvmlite.vnc.pixels import PixelConverter
+
+    conv = PixelConverter(SOURCE_FORMAT)
+
+    def tile(values: list[int]) -> bytes:
+        return b"".join(v.to_bytes(4, "little") for v in values)
+
+    assert encode_tile(tile([7] * 64), 8, conv)[0] == 1  # solid
+    assert encode_tile(tile([1, 2] * 32), 8, conv)[0] == 2  # packed palette of 2
+    runs = [c for c in range(20) for _ in range(10)]  # 20 colours in runs of 10
+    assert encode_tile(tile(runs), 20, conv)[0] == 128
+    assert encode_tile(tile(list(range(400))), 20, conv)[0] == 0  # raw
