@@ -6,7 +6,9 @@ with KVM_MEM_LOG_DIRTY_PAGES, at FRAMEBUFFER_GPA at the top of the 32-bit PCI
 window (the builder keeps BARs below it, and ``boot`` describes it in
 ``screen_info``). The server runs on the machine's EventLoop; each 30 Hz tick
 reads the slot's dirty log (which clears it). Keys go into the i8042 under
-the lock its port devices share with the vCPU threads.
+the lock its port devices share with the vCPU threads; the pointer goes to a
+virtio-input tablet on the machine's virtio transport (its model takes the
+virtio devices' lock itself), scaled from pixels to 0..ABS_MAX.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def add_vnc(machine: Machine, config: VncConfig, wiring: VirtioWiring) -> None:
-    """Framebuffer (device "framebuffer") and the VNC server."""
+    """Framebuffer (device "framebuffer"), tablet ("tablet") and the VNC server."""
     from kvmlite.devices.display import LinearFramebuffer  # noqa: PLC0415
     from kvmlite.devices.legacy.i8042 import I8042  # noqa: PLC0415
+    from kvmlite.devices.virtio.input import ABS_MAX, VirtioTablet  # noqa: PLC0415
     from kvmlite.kvm.structs import KVM_MEM_LOG_DIRTY_PAGES  # noqa: PLC0415
     from kvmlite.vnc.auth import read_password_file  # noqa: PLC0415
     from kvmlite.vnc.server import VncServer  # noqa: PLC0415
@@ -51,7 +54,16 @@ def add_vnc(machine: Machine, config: VncConfig, wiring: VirtioWiring) -> None:
         with keyboard.locked():
             i8042.key(key, down)
 
-    server = VncServer(machine.loop, fb, config.address, password=password, on_key=on_key)
+    tablet = VirtioTablet()
+    wiring.add("tablet", tablet)
+    sx, sy = ABS_MAX / max(fb.width - 1, 1), ABS_MAX / max(fb.height - 1, 1)
+
+    def on_pointer(x: int, y: int, buttons: int) -> None:
+        tablet.pointer(round(x * sx), round(y * sy), buttons)
+
+    server = VncServer(
+        machine.loop, fb, config.address, password=password, on_key=on_key, on_pointer=on_pointer
+    )
     machine.closers.append(server.close)
     log.info("VNC server on %s (%dx%d)", server.address, fb.width, fb.height)
 

@@ -79,3 +79,13 @@ def test_save_restore_round_trip() -> None:
     fb2.close()
     with pytest.raises(StateError):
         LinearFramebuffer.restore(None, LinearFramebuffer.State(64, 32, fb.gpa, b"xx"))
+
+
+def test_state_serialises() -> None:
+    from kvmlite.state import dumps, loads
+
+    fb = LinearFramebuffer(16, 8)
+    fb.buf[4:8] = b"\x10\x20\x30\x00"
+    state = fb.save()
+    fb.close()
+    assert loads(LinearFramebuffer.State, dumps(state)) == state
