@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 packages: the default guest's kernel source and build tools, busybox for
-# its initramfs, and the independent judges the tests use (QEMU, qemu-img, iasl, cpio).
+# its initramfs, and the independent judges the tests use (QEMU, qemu-img, iasl, cpio,
+# TigerVNC's vncviewer under Xvfb with xwd for the VNC console).
 APT_PACKAGES := python3-venv build-essential bc flex bison libelf-dev lz4 cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 qemu-utils acpica-tools e2fsprogs \
-	passt iproute2 iputils-ping socat curl xorriso sg3-utils
+	passt iproute2 iputils-ping socat curl xorriso sg3-utils tigervnc-viewer xvfb x11-apps
 
 .PHONY: run test test-long fuzz bench lint deps apt venv guest clean kvm-unit-tests
 
