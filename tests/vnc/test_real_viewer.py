@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from kvmlite.vmm.eventloop import EventLoop
-from kvmlite.vnc.server import VncAddress, VncServer
+from kvmlite.config.vnc import VncAddress
+from kvmlite.eventloop import EventLoop
+from kvmlite.vnc.server import VncServer
 
 from .test_rfb import source_rgb
 from .test_server import FakeDisplay
