@@ -162,3 +162,42 @@ def test_vncdotool_raw_every_format(served, fmt) -> None:
                 assert pic[(x, y)] == fc.expected_rgb(fmt, *source_rgb(display.pix, W, x, y))
     finally:
         client.disconnect()
+
+
+class FakeLoop:
+    """Records readers and timers; the test runs them by hand."""
+
+    def __init__(self) -> None:
+        self.readers: dict[int, object] = {}
+        self.timers: list[tuple[float, object]] = []
+
+    def add_reader(self, fd, cb) -> None:
+        self.readers[fd] = cb
+
+    def remove_reader(self, fd) -> None:
+        self.readers.pop(fd, None)
+
+    def call_later(self, delay, cb):
+        self.timers.append((delay, cb))
+
+
+def test_updates_are_paced_by_the_tick_one_dirty_log_read_each(tmp_path) -> None:
+    loop, display = FakeLoop(), FakeDisplay()
+    path = str(tmp_path / "s")
+    srv = VncServer(loop, display, VncAddress(path=path), rate=30.0)
+    assert loop.timers == []  # no viewer, no ticking
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    loop.readers[srv._listener.fileno()]()  # accept
+    assert [d for d, _ in loop.timers] == [pytest.approx(1 / 30)]
+    c.sendall(b"RFB 003.008\n\x01\x01" + fc.update_request(True, 0, 0, W, H))
+    for fd, cb in list(loop.readers.items()):
+        if fd != srv._listener.fileno():
+            cb()
+    reads = display.reads
+    for _ in range(3):  # each tick: one dirty-log read, at most one update
+        _, tick = loop.timers.pop()
+        tick()
+    assert display.reads == reads + 3 and len(loop.timers) == 1
+    c.close()
+    srv.close()
