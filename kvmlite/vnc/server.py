@@ -8,7 +8,10 @@ viewer is connected. Each tick reads the display's changed tiles once (the
 KVM dirty log of the framebuffer slot, which reading clears), ORs them into
 every connection's own dirty map, and lets each connection that asked for an
 update send one. So a viewer gets at most ``rate`` updates a second and an
-idle screen costs one dirty-log read per tick.
+idle screen costs one dirty-log read per tick. When encoding is expensive
+(a guest redrawing the whole screen all the time) the next tick waits four
+times the CPU the last one took: the server takes at most about a quarter
+of a core, sending fewer, larger updates.
 
 Sockets are non-blocking and the loop has no writers: what a send could not
 take waits in the connection's buffer and goes out on the next tick; no new
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 MAX_VIEWERS = 16
 UPDATE_RATE_HZ = 30.0
 RECV_SIZE = 65536
+#: A tick's CPU time times this is the least time to the next tick.
+CPU_SHARE_INVERSE = 4.0
 
 
 class Display(Protocol):
@@ -209,15 +214,16 @@ class VncServer:
 
     # -- updates -----------------------------------------------------------------
 
-    def _start_ticking(self) -> None:
+    def _start_ticking(self, busy: float = 0.0) -> None:
         if not self._ticking and not self._closed:
             self._ticking = True
-            self._loop.call_later(self._period, self._tick)
+            self._loop.call_later(max(self._period, busy), self._tick)
 
     def _tick(self) -> None:
         self._ticking = False
         if self._closed or not self._viewers:
             return
+        started = time.thread_time()
         tiles = self.display.changed_tiles(TILE)
         surface = Surface(
             self.display.buf, self.display.width, self.display.height, self.display.stride
@@ -230,7 +236,10 @@ class VncServer:
             if not viewer.out and conn.wants_update:
                 conn.send_update(surface)
             self._flush(viewer)
-        self._start_ticking()
+        # Encoding is the cost: the next tick waits at least CPU_SHARE_INVERSE
+        # times what this one took, so the server uses at most about 1/4 of a
+        # core however fast the guest redraws (fewer, larger updates instead).
+        self._start_ticking(CPU_SHARE_INVERSE * (time.thread_time() - started))
 
     def resize(self) -> None:
         """The display changed size: every viewer hears of it (DesktopSize)."""
