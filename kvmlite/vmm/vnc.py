@@ -43,8 +43,13 @@ def add_vnc(machine: Machine, config: VncConfig, wiring: VirtioWiring) -> None:
     machine.closers.append(fb.close)
     fb.dirty_pages = lambda: vm.get_dirty_log(slot, fb.size)
     vm.set_user_memory_region(slot, fb.gpa, fb.size, fb.host_address(), KVM_MEM_LOG_DIRTY_PAGES)
+
     # Closers run last-first: the slot goes before its memory is unmapped.
-    machine.closers.append(lambda: vm.fd >= 0 and vm.set_user_memory_region(slot, fb.gpa, 0, 0))
+    def delete_slot() -> None:
+        if vm.fd >= 0:
+            vm.set_user_memory_region(slot, fb.gpa, 0, 0)
+
+    machine.closers.append(delete_slot)
     machine.devices.add("framebuffer", fb, placements=(Placement(BusKind.MMIO, fb.gpa, fb.size),))
 
     keyboard = machine.devices.entry("i8042")

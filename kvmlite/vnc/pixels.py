@@ -28,6 +28,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
+from typing import Literal
 
 #: Struct of the 16-byte PIXEL_FORMAT (§7.4), 3 bytes of padding at the end.
 PIXEL_FORMAT = struct.Struct("!BBBBHHHBBBxxx")
@@ -120,7 +121,7 @@ class _Cache(dict[int, bytes]):
     def __init__(self, fmt: PixelFormat) -> None:
         super().__init__()
         self._fmt = fmt
-        self._order = "big" if fmt.big_endian else "little"
+        self._order: Literal["big", "little"] = "big" if fmt.big_endian else "little"
         self._size = fmt.bytes_per_pixel
 
     def __missing__(self, pixel: int) -> bytes:
