@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from kvmlite.config.cdrom import cdrom_id
 from kvmlite.config.drive import DriveInterface
-from kvmlite.vmm.virtio_devices import drive_id
+from kvmlite.vmm.virtio_devices import drive_id, open_drive
 
 if TYPE_CHECKING:
     from kvmlite.vmm.machine import Machine
@@ -25,7 +25,6 @@ SCSI_ADAPTER_ID = "scsi0"
 
 def add_scsi(machine: Machine, wiring: VirtioWiring) -> None:
     """Add the virtio-scsi adapter if the config has CD-ROMs or SCSI disks."""
-    from kvmlite.backends.block import open_image  # noqa: PLC0415
     from kvmlite.backends.block.cdrom import open_medium  # noqa: PLC0415
     from kvmlite.devices.scsi import ScsiCdrom, ScsiDisk, ScsiLun, ScsiTarget  # noqa: PLC0415
     from kvmlite.devices.virtio import ThreadPoolIoExecutor, VirtioScsi  # noqa: PLC0415
@@ -42,15 +41,7 @@ def add_scsi(machine: Machine, wiring: VirtioWiring) -> None:
         ident = cdrom_id(n, cd.id)
         units.append((ident, ScsiCdrom(medium, serial=f"KVMLITE-{ident}", name=ident)))
     for n, drive in disks:
-        backend = open_image(
-            str(drive.path),
-            drive.format.value if drive.format else None,
-            read_only=drive.read_only,
-            direct=drive.direct,
-            locking=drive.locking,
-            force_share=drive.force_share,
-        )
-        machine.closers.append(backend.close)
+        backend = open_drive(machine, drive)
         ident = drive_id(n, drive.id)
         units.append((ident, ScsiDisk(backend, serial=drive.serial or ident, name=ident)))
     executor = ThreadPoolIoExecutor(name="kvmlite-scsi")

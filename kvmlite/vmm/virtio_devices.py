@@ -9,7 +9,9 @@ from kvmlite.vmm.console_io import wire_virtio_console_input
 from kvmlite.vmm.network import add_networks
 
 if TYPE_CHECKING:
+    from kvmlite.backends.block.base import BlockBackend
     from kvmlite.backends.char.base import CharBackend
+    from kvmlite.config import DriveConfig
     from kvmlite.vmm.machine import Machine
     from kvmlite.vmm.virtio import VirtioWiring
 
@@ -19,9 +21,24 @@ def drive_id(index: int, given: str) -> str:
     return given or f"disk{index}"
 
 
+def open_drive(machine: Machine, drive: DriveConfig) -> BlockBackend:
+    """The drive's image, locked as its config says; closed with the machine."""
+    from kvmlite.backends.block import open_image  # noqa: PLC0415
+
+    backend = open_image(
+        str(drive.path),
+        drive.format.value if drive.format else None,
+        read_only=drive.read_only,
+        direct=drive.direct,
+        locking=drive.locking,
+        force_share=drive.force_share,
+    )
+    machine.closers.append(backend.close)
+    return backend
+
+
 def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
     """Disks, NICs, entropy and console, on the transport the user chose."""
-    from kvmlite.backends.block import open_image  # noqa: PLC0415
     from kvmlite.backends.block.engines import open_engine  # noqa: PLC0415
     from kvmlite.backends.char import open_char  # noqa: PLC0415
     from kvmlite.config.drive import DriveInterface  # noqa: PLC0415
@@ -32,15 +49,7 @@ def add_virtio_devices(machine: Machine, wiring: VirtioWiring) -> None:
     for n, drive in enumerate(config.drives):
         if drive.interface is not DriveInterface.VIRTIO:
             continue  # on virtio-scsi: add_scsi below
-        backend = open_image(
-            str(drive.path),
-            drive.format.value if drive.format else None,
-            read_only=drive.read_only,
-            direct=drive.direct,
-            locking=drive.locking,
-            force_share=drive.force_share,
-        )
-        machine.closers.append(backend.close)
+        backend = open_drive(machine, drive)
         # One engine per drive (its aio=), closed before its backend.
         aio = drive.aio.value if drive.aio else None
         what = f"{drive_id(n, drive.id)} {drive.path}"
