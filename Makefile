@@ -21,8 +21,8 @@ run: deps guest
 test: deps guest lint
 	$(VENV)/bin/pytest -ra -m "not long"
 
-# The checks that take minutes each here (long schemathesis runs, a full default-guest
-# power-off): run by hand or on a quiet machine.
+# The checks that take many minutes here (schemathesis with many examples per
+# endpoint): run by hand or on a quiet machine.
 test-long: deps guest
 	$(VENV)/bin/pytest -ra -m long
 
