@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ def process_start_time(pid: int) -> int | None:
         return int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+#: Serialises vm.json writes between threads.
+_WRITE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -158,11 +163,18 @@ class RunDir:
         return self.path / QMP_SOCKET
 
     def write(self, **changes: Any) -> None:
-        for key, value in changes.items():
-            setattr(self.entry, key, value)
-        tmp = self.path / f".{INFO_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.entry.to_json(), indent=1) + "\n")
-        tmp.replace(self.path / INFO_FILE)
+        # Two threads may write (a state change from the loop's event, the run's
+        # own start/stop): one lock, or one's rename took the other's temp file.
+        with _WRITE_LOCK:
+            for key, value in changes.items():
+                setattr(self.entry, key, value)
+            tmp = self.path / f".{INFO_FILE}.{os.getpid()}.tmp"
+            try:
+                tmp.write_text(json.dumps(self.entry.to_json(), indent=1) + "\n")
+                tmp.replace(self.path / INFO_FILE)
+            except FileNotFoundError:
+                if self.path.exists():
+                    raise  # else the VM ended and its directory went: nothing to record
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
